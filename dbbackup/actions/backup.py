@@ -1,0 +1,253 @@
+"""The backup verb: dump databases into a new backup set, manifest last."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from dbbackup import backupset, objects
+from dbbackup import log as dblog
+from dbbackup.actions.context import Runtime
+from dbbackup.actions.progress import Progress
+from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
+from dbbackup.catalog import SetSummary
+from dbbackup.engines.base import DumpTask, Engine
+from dbbackup.errors import DbBackupError, InputMissingError, UsageError
+from dbbackup.pipeline.compress import file_suffix, validate_level
+
+log = logging.getLogger("dbbackup.backup")
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    databases: tuple[str, ...]  # empty: take them from the configuration
+    all_databases: bool
+    compression: str
+    compression_level: int | None
+    jobs: int
+
+
+def choose_databases(
+    request: BackupRequest, configured: Sequence[str], exclude: Sequence[str], engine: Engine
+) -> tuple[list[str], bool]:
+    """Which databases to dump, and whether this is a whole-cluster backup."""
+    if request.all_databases and request.databases:
+        raise UsageError("--all and --database exclude each other", hint="give one or the other")
+    wanted = list(request.databases) or ([] if request.all_databases else list(configured))
+    cluster = request.all_databases or wanted == ["*"] or not wanted
+    available = engine.list_databases()
+    if cluster:
+        chosen = [db for db in available if db not in exclude]
+    else:
+        missing = [db for db in wanted if db not in available]
+        if missing:
+            raise InputMissingError(
+                f"database(s) not found on the server: {', '.join(missing)}",
+                hint=f"the server has: {', '.join(available)}",
+            )
+        chosen = [db for db in dict.fromkeys(wanted) if db not in exclude]
+    if not chosen:
+        raise UsageError(
+            "nothing to back up: every database is excluded",
+            hint="check connection.databases and connection.exclude",
+        )
+    return chosen, cluster
+
+
+def summary_of(manifest: Manifest) -> SetSummary:
+    return SetSummary.from_json(manifest.summary())
+
+
+class BackupRun:
+    def __init__(self, runtime: Runtime, request: BackupRequest, progress: Progress) -> None:
+        self.runtime = runtime
+        self.request = request
+        self.progress = progress
+        settings = runtime.settings
+        level = validate_level(request.compression, request.compression_level)
+        threads = max(1, (os.cpu_count() or 1) // max(1, request.jobs))
+        self.compression = objects.Compression(request.compression, level, threads)
+        self.zone_name = settings.backup.timezone
+        self.zone = backupset.resolve_zone(self.zone_name)
+
+    def execute(self) -> Manifest:
+        runtime = self.runtime
+        storage = runtime.storage
+        engine = runtime.engine(timeout=runtime.settings.backup.timeout)
+        # Fail fast on an unwritable repository before touching the server for long.
+        storage.probe_write()
+        info = engine.server_info()
+        databases, cluster = choose_databases(
+            self.request,
+            runtime.settings.connection.databases,
+            runtime.settings.connection.exclude,
+            engine,
+        )
+        started = backupset.now_in(self.zone)
+        set_id = backupset.new_set_id(started)
+        prefix = backupset.set_prefix(runtime.instance, set_id)
+        storage.prepare(prefix)
+        manifest = Manifest(
+            id=set_id,
+            instance=runtime.instance,
+            engine=engine.name,
+            kind="full",
+            started_at=backupset.iso(started),
+            finished_at="",
+            timezone=self.zone_name,
+            server_version=info.version,
+            server_host=info.host,
+            compression=self.compression.algorithm,
+            compression_level=self.compression.level,
+            cluster=cluster,
+        )
+        begun = time.monotonic()
+        with dblog.log_context(backup_id=set_id):
+            log.info(
+                "backup started: %d database(s) to %s",
+                len(databases),
+                storage.url,
+                extra={"event": "backup_started"},
+            )
+            try:
+                if cluster:
+                    self.progress.set_phase("roles and tablespaces")
+                    manifest.globals.append(self._store_globals(engine, set_id))
+                for name in databases:
+                    manifest.databases.append(self._dump_database(engine, set_id, name))
+                manifest.finished_at = backupset.iso(backupset.now_in(self.zone))
+                backupset.write_manifest(storage, manifest)
+            except BaseException:
+                self._discard(prefix)
+                raise
+            finally:
+                engine.close()
+            runtime.catalog().upsert(summary_of(manifest))
+            log.info(
+                "backup finished: %s, %d bytes stored",
+                set_id,
+                manifest.stored_bytes,
+                extra={
+                    "event": "backup_succeeded",
+                    "duration_sec": round(time.monotonic() - begun, 3),
+                    "bytes": manifest.stored_bytes,
+                },
+            )
+        return manifest
+
+    def _discard(self, prefix: str) -> None:
+        # No manifest was written, so the set is already invisible; this frees the space.
+        try:
+            self.runtime.storage.delete_prefix(prefix)
+        except OSError as exc:
+            log.warning("could not remove incomplete set %s: %s", prefix, exc)
+
+    def _key(self, set_id: str, relative: str) -> str:
+        return backupset.object_key(self.runtime.instance, set_id, relative)
+
+    def _store_globals(self, engine: Engine, set_id: str) -> StoredObject:
+        relative = "globals.sql" + file_suffix(self.compression.algorithm)
+        with objects.object_writer(
+            self.runtime.storage,
+            self._key(set_id, relative),
+            relative_key=relative,
+            role="globals",
+            compression=self.compression,
+        ) as (sink, done):
+            engine.dump_globals(sink)
+        return done[0]
+
+    def _dump_database(self, engine: Engine, set_id: str, name: str) -> DatabaseEntry:
+        directory = backupset.path_component(name)
+        storage = self.runtime.storage
+        storage.prepare(f"{self.runtime.instance}/{set_id}/{directory}/data")
+        begun = time.monotonic()
+        with dblog.log_context(database=name), engine.snapshot(name) as dump:
+            self.progress.set_phase(f"backing up {name}")
+            entry = DatabaseEntry(name=name, directory=directory, properties=dump.properties)
+            for task in dump.first:
+                entry.objects.append(self._run_task(set_id, directory, task))
+            entry.objects.extend(self._run_parallel(set_id, directory, dump.parallel))
+            entry.properties["consistency"] = dump.consistency
+            stored = sum(o.stored_bytes for o in entry.objects)
+            log.info(
+                "database %s: %d objects, %d bytes stored",
+                name,
+                len(entry.objects),
+                stored,
+                extra={
+                    "event": "database_backed_up",
+                    "bytes": stored,
+                    "duration_sec": round(time.monotonic() - begun, 3),
+                },
+            )
+        return entry
+
+    def _run_parallel(
+        self, set_id: str, directory: str, tasks: list[DumpTask]
+    ) -> list[StoredObject]:
+        ordered = sorted(tasks, key=lambda t: -t.size_hint)
+        results: dict[int, StoredObject] = {}
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.request.jobs), thread_name_prefix="dump"
+        ) as pool:
+            futures: dict[Future[StoredObject], int] = {}
+            for task in ordered:
+                index = tasks.index(task)
+                context = contextvars.copy_context()
+                futures[pool.submit(context.run, self._run_task, set_id, directory, task)] = index
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for future in pending:
+                    future.cancel()
+                wait(pending)
+                error = failed[0].exception()
+                assert error is not None
+                raise error
+            for future, index in futures.items():
+                results[index] = future.result()
+        return [results[i] for i in sorted(results)]
+
+    def _run_task(self, set_id: str, directory: str, task: DumpTask) -> StoredObject:
+        relative = f"{directory}/{task.name}{file_suffix(self.compression.algorithm)}"
+        with objects.object_writer(
+            self.runtime.storage,
+            self._key(set_id, relative),
+            relative_key=relative,
+            role=task.role,
+            compression=self.compression,
+            table=task.table,
+        ) as (sink, done):
+            task.run(_CountingSink(sink, self.progress))
+        return done[0]
+
+
+class _CountingSink:
+    def __init__(self, sink: objects.ObjectSink, progress: Progress) -> None:
+        self._sink = sink
+        self._progress = progress
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        written = self._sink.write(data)
+        self._progress.add_bytes(written)
+        return written
+
+
+def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> Manifest:
+    try:
+        return BackupRun(runtime, request, progress).execute()
+    except DbBackupError as exc:
+        log.error(
+            "backup failed: %s",
+            exc.message,
+            extra={"event": "backup_failed", "exit_code": exc.exit_code},
+        )
+        raise
+    finally:
+        progress.close()

@@ -1,0 +1,129 @@
+"""The PostgreSQL engine: SQL and client tools, nothing of storage."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dbbackup import execute
+from dbbackup.backupset import TableRef
+from dbbackup.engines.base import DatabaseDump, ServerInfo, Sink, Source
+from dbbackup.engines.postgres.connection import (
+    DEFAULT_SOCKET_DIR,
+    PgEndpoint,
+    child_env,
+    connect,
+    find_client_bindir,
+)
+from dbbackup.engines.postgres.dump import PgDump
+from dbbackup.engines.postgres.restore import PgRestore
+
+__all__ = ["PgEndpoint", "PostgresEngine", "endpoint_from_settings"]
+
+
+def endpoint_from_settings(connection: Any, *, password: str | None, passfile: Path | None) -> PgEndpoint:
+    return PgEndpoint(
+        host=connection.host or DEFAULT_SOCKET_DIR,
+        port=connection.port or 5432,
+        user=connection.user,
+        maintenance_db=connection.maintenance_db or "postgres",
+        sslmode=connection.sslmode,
+        connect_timeout=connection.connect_timeout,
+        statement_timeout=connection.statement_timeout,
+        lock_timeout=connection.lock_timeout,
+        idle_timeout=connection.idle_timeout,
+        password=password,
+        passfile=passfile,
+    )
+
+
+class PostgresEngine:
+    name = "postgres"
+
+    def __init__(self, endpoint: PgEndpoint, *, timeout: float) -> None:
+        self.endpoint = endpoint
+        self._deadline_at = time.monotonic() + timeout if timeout > 0 else float("inf")
+        self._info: ServerInfo | None = None
+        self._bindir: Path | None = None
+
+    def remaining(self) -> float:
+        """Seconds left before the run's deadline; children are killed at it."""
+        left = self._deadline_at - time.monotonic()
+        return max(1.0, min(left, 7 * 86400.0))
+
+    def server_info(self) -> ServerInfo:
+        if self._info is None:
+            with connect(self.endpoint, self.endpoint.maintenance_db) as conn:
+                num = conn.info.server_version
+                row = conn.execute("SELECT pg_catalog.version()").fetchone()
+            self._info = ServerInfo(
+                version=str(row[0]) if row else str(num),
+                version_num=num,
+                host=self.endpoint.display,
+            )
+        return self._info
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            self._bindir = find_client_bindir(self.server_info().version_num // 10000)
+        return self._bindir
+
+    def list_databases(self) -> list[str]:
+        with connect(self.endpoint, self.endpoint.maintenance_db) as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_catalog.pg_database "
+                "WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def dump_globals(self, sink: Sink) -> None:
+        argv = [
+            str(self.bindir / "pg_dumpall"),
+            "--globals-only",
+            "--no-password",
+            f"--database={self.endpoint.maintenance_db}",
+        ]
+        env = execute.child_environment(child_env(self.endpoint, self.endpoint.maintenance_db))
+        with execute.Child(argv, env=env, deadline=self.remaining(), label="pg_dumpall") as child:
+            while chunk := child.stdout.read(1 << 20):
+                sink.write(chunk)
+            child.check(context="dumping roles and tablespaces")
+
+    @contextlib.contextmanager
+    def snapshot(self, database: str) -> Iterator[DatabaseDump]:
+        with PgDump(self.endpoint, self.bindir, database, deadline=self.remaining).open() as dump:
+            yield dump
+
+    def _restorer(self) -> PgRestore:
+        return PgRestore(self.endpoint, self.bindir, deadline=self.remaining)
+
+    def database_exists(self, name: str) -> bool:
+        return self._restorer().database_exists(name)
+
+    def prepare_target(self, name: str, properties: dict[str, Any], *, clean: bool) -> None:
+        self._restorer().prepare_target(name, properties, clean=clean)
+
+    def restore_globals(self, script: bytes) -> list[str]:
+        return self._restorer().restore_globals(script)
+
+    def restore_ddl(self, target: str, section: str, source: Source) -> None:
+        self._restorer().restore_archive(target, section, source)
+
+    def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
+        return self._restorer().restore_table(target, table, source, finish)
+
+    def restore_sql(self, target: str, script: bytes) -> None:
+        self._restorer().restore_sql(target, script)
+
+    def close(self) -> None:
+        """Nothing is held between calls; connections are per task."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError)

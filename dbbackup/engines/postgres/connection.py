@@ -1,0 +1,196 @@
+"""Connections to PostgreSQL: our own sessions (psycopg) and the client tools' environment.
+
+Every session gets connect, statement, lock and idle-in-transaction
+timeouts, so no path waits forever; children get the same through the
+environment and never a password on their command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dbbackup import credentials
+from dbbackup.errors import (
+    DbBackupError,
+    InputMissingError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+
+APPLICATION_NAME = "dbbackup"
+DEFAULT_SOCKET_DIR = "/run/postgresql"
+
+
+@dataclass(frozen=True)
+class PgEndpoint:
+    """Where and how to connect; durations in seconds (0 = no limit)."""
+
+    host: str
+    port: int
+    user: str
+    maintenance_db: str
+    sslmode: str
+    connect_timeout: float
+    statement_timeout: float
+    lock_timeout: float
+    idle_timeout: float
+    password: str | None = None
+    passfile: Path | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _ms(seconds: float) -> str:
+    return str(int(seconds * 1000))
+
+
+def describe_connect_error(endpoint: PgEndpoint, dbname: str, exc: Exception) -> DbBackupError:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else exc.__class__.__name__
+    where = f"PostgreSQL at {endpoint.display} (database {dbname!r})"
+    if credentials.is_missing_password(text):
+        return PermissionDeniedError(
+            f"cannot log in to {where} as {endpoint.user or os.environ.get('USER', '?')}: {first}",
+            hint=credentials.CREDENTIAL_SOURCES_HINT,
+        )
+    kind = credentials.classify_client_error(text)
+    if kind is InputMissingError:
+        return InputMissingError(f"{where}: {first}", hint="check the database name ('dbbackup list')")
+    if kind is PermissionDeniedError:
+        return PermissionDeniedError(f"{where}: {first}")
+    return ServiceUnavailableError(
+        f"cannot reach {where}: {first}",
+        hint="check that the server runs and connection.host/port are right; "
+        f"the connect timeout is {endpoint.connect_timeout:g} s",
+    )
+
+
+def connect(endpoint: PgEndpoint, dbname: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    kwargs: dict[str, Any] = {
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "dbname": dbname,
+        "sslmode": endpoint.sslmode,
+        "connect_timeout": max(1, int(endpoint.connect_timeout)),
+        "application_name": APPLICATION_NAME,
+        "autocommit": autocommit,
+    }
+    if endpoint.user:
+        kwargs["user"] = endpoint.user
+    if endpoint.password:
+        kwargs["password"] = endpoint.password
+    try:
+        conn = psycopg.connect(**kwargs)
+    except psycopg.Error as exc:
+        raise describe_connect_error(endpoint, dbname, exc) from exc
+    try:
+        apply_session_limits(conn, endpoint)
+    except psycopg.Error as exc:
+        conn.close()
+        raise describe_connect_error(endpoint, dbname, exc) from exc
+    return conn
+
+
+def apply_session_limits(conn: psycopg.Connection[Any], endpoint: PgEndpoint) -> None:
+    # Sent as SET, not as a startup "options" packet, so that poolers accept them too.
+    with conn.transaction() if not conn.autocommit else contextlib.nullcontext():
+        for name, value in (
+            ("statement_timeout", endpoint.statement_timeout),
+            ("lock_timeout", endpoint.lock_timeout),
+            ("idle_in_transaction_session_timeout", endpoint.idle_timeout),
+        ):
+            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(_ms(value))))
+
+
+def child_env(endpoint: PgEndpoint, dbname: str) -> dict[str, str]:
+    """Environment for pg_dump/pg_restore/psql: connection by env, password by passfile."""
+    env = {
+        "PGHOST": endpoint.host,
+        "PGPORT": str(endpoint.port),
+        "PGDATABASE": dbname,
+        "PGSSLMODE": endpoint.sslmode,
+        "PGCONNECT_TIMEOUT": str(max(2, int(endpoint.connect_timeout))),
+        "PGAPPNAME": APPLICATION_NAME,
+        "PGOPTIONS": (
+            f"-c lock_timeout={_ms(endpoint.lock_timeout)} "
+            f"-c idle_in_transaction_session_timeout={_ms(endpoint.idle_timeout)}"
+        ),
+    }
+    if endpoint.user:
+        env["PGUSER"] = endpoint.user
+    if endpoint.passfile is not None:
+        env["PGPASSFILE"] = str(endpoint.passfile)
+    return env
+
+
+_VERSION_RE = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+def tool_major(path: str) -> int:
+    from dbbackup import execute
+
+    out = execute.run(
+        [path, "--version"],
+        env=execute.child_environment(),
+        timeout=15,
+        context="checking client version",
+    )
+    match = _VERSION_RE.search(out.decode("utf-8", "replace").split(")")[-1])
+    if not match:
+        raise ServiceUnavailableError(f"cannot tell the version of {path}")
+    return int(match.group(1))
+
+
+def find_client_bindir(server_major: int) -> Path:
+    """Client tools matching the server's major version, or newer; never older."""
+    candidates: list[tuple[int, Path]] = []
+    root = Path("/usr/lib/postgresql")
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.isdigit() and (entry / "bin" / "pg_dump").exists():
+                candidates.append((int(entry.name), entry / "bin"))
+    exact = [path for major, path in candidates if major == server_major]
+    if exact:
+        return exact[0]
+    newer = sorted((major, path) for major, path in candidates if major > server_major)
+    if newer:
+        return newer[0][1]
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        major = tool_major(on_path)
+        if major >= server_major:
+            return Path(on_path).parent
+        raise ServiceUnavailableError(
+            f"pg_dump {major} ({on_path}) is older than the server (PostgreSQL {server_major}); "
+            "an older pg_dump cannot dump a newer server",
+            hint=f"install postgresql-client-{server_major}",
+        )
+    if candidates:
+        newest = max(candidates)[0]
+        raise ServiceUnavailableError(
+            f"only pg_dump {newest} is installed, older than the server (PostgreSQL {server_major})",
+            hint=f"install postgresql-client-{server_major}",
+        )
+    raise ServiceUnavailableError(
+        "pg_dump is not installed", hint=f"install postgresql-client-{server_major}"
+    )
+
+
+@contextlib.contextmanager
+def cursor(
+    conn: psycopg.Connection[Any],
+) -> Iterator[psycopg.Cursor[Any]]:
+    with conn.cursor() as cur:
+        yield cur

@@ -1,0 +1,257 @@
+"""Restoring into PostgreSQL: target database, schema sections, table data.
+
+Table data is loaded with COPY inside a transaction that commits only after
+the object's checksum has been proven, so corrupt bytes never land.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dbbackup import execute
+from dbbackup.backupset import TableRef
+from dbbackup.engines.base import Source, iter_chunks
+from dbbackup.engines.postgres.connection import PgEndpoint, child_env, connect
+from dbbackup.engines.postgres.dump import qualified
+from dbbackup.errors import (
+    CannotCreateError,
+    DataError,
+    DbBackupError,
+    IOFailure,
+    ServiceUnavailableError,
+)
+
+log = logging.getLogger("dbbackup.postgres")
+
+# Settings whose value is a list of names (pg_dump quotes each element).
+LIST_SETTINGS = {
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "unix_socket_directories",
+}
+
+NON_EMPTY_SQL = """
+SELECT
+  (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_')
++ (SELECT count(*) FROM pg_catalog.pg_namespace n
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'public') AND n.nspname !~ '^pg_')
++ (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
++ (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')
+"""
+
+
+def split_guc_list(value: str) -> list[str]:
+    """Split a stored list setting (``"$user", public``) into plain names."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == '"':
+            if quoted and index + 1 < len(value) and value[index + 1] == '"':
+                current.append('"')
+                index += 1
+            else:
+                quoted = not quoted
+        elif char == "," and not quoted:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def setting_clause(assignment: str) -> sql.Composed:
+    name, _, value = assignment.partition("=")
+    if name.lower() in LIST_SETTINGS:
+        values = sql.SQL(", ").join(sql.Literal(v) for v in split_guc_list(value))
+    else:
+        values = sql.SQL("{}").format(sql.Literal(value))
+    return sql.SQL("SET {} = {}").format(sql.Identifier(name), values)
+
+
+def conninfo_dbname(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
+class PgRestore:
+    def __init__(self, endpoint: PgEndpoint, bindir: Path, *, deadline: Callable[[], float]) -> None:
+        self.endpoint = endpoint
+        self.bindir = bindir
+        self.deadline = deadline
+
+    def _admin(self) -> psycopg.Connection[Any]:
+        return connect(self.endpoint, self.endpoint.maintenance_db)
+
+    def database_exists(self, name: str) -> bool:
+        with self._admin() as conn:
+            row = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone()
+        return row is not None
+
+    def database_is_empty(self, name: str) -> bool:
+        with connect(self.endpoint, name) as conn:
+            row = conn.execute(NON_EMPTY_SQL).fetchone()
+        return row is not None and int(row[0]) == 0
+
+    def role_exists(self, conn: psycopg.Connection[Any], role: str) -> bool:
+        return (
+            conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+            is not None
+        )
+
+    def prepare_target(self, name: str, properties: dict[str, Any], *, clean: bool) -> None:
+        """Create the target database; an existing one must be empty or ``clean`` given."""
+        if self.database_exists(name):
+            if not clean and not self.database_is_empty(name):
+                raise CannotCreateError(
+                    f"database {name!r} already exists and is not empty",
+                    hint="restore into a new name with --target-db NAME, or pass --clean to drop "
+                    "and recreate it",
+                )
+            with self._admin() as conn:
+                log.info("dropping database %s before restoring it", name)
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        with self._admin() as conn:
+            create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            if properties.get("encoding"):
+                create += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                    sql.Literal(properties["encoding"]),
+                    sql.Literal(properties["collate"]),
+                    sql.Literal(properties["ctype"]),
+                )
+            owner = properties.get("owner")
+            if owner and self.role_exists(conn, owner):
+                create += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+            conn.execute(create)
+            self._apply_database_properties(conn, name, properties)
+
+    def _apply_database_properties(
+        self, conn: psycopg.Connection[Any], name: str, properties: dict[str, Any]
+    ) -> None:
+        target = sql.Identifier(name)
+        for assignment in properties.get("settings", []):
+            conn.execute(sql.SQL("ALTER DATABASE {} ").format(target) + setting_clause(assignment))
+        for entry in properties.get("role_settings", []):
+            if not self.role_exists(conn, entry["role"]):
+                log.warning("role %s does not exist; skipping its settings in %s", entry["role"], name)
+                continue
+            for assignment in entry["settings"]:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(entry["role"]), target)
+                    + setting_clause(assignment)
+                )
+        limit = properties.get("connection_limit")
+        if isinstance(limit, int) and limit >= 0:
+            conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(limit)))
+        if properties.get("comment"):
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(properties["comment"]))
+            )
+
+    def restore_globals(self, script: bytes) -> list[str]:
+        """Run the roles/tablespaces script; return errors other than "already exists"."""
+        argv = [
+            str(self.bindir / "psql"),
+            "--no-psqlrc",
+            "--quiet",
+            "--no-password",
+            "--set=ON_ERROR_STOP=0",
+            "--file=-",
+        ]
+        env = execute.child_environment(child_env(self.endpoint, self.endpoint.maintenance_db))
+        _out, err = execute.run_capture(
+            argv, env=env, timeout=self.deadline(), context="restoring roles", input_bytes=script
+        )
+        problems = []
+        for line in err.decode("utf-8", "replace").splitlines():
+            if "ERROR:" in line and "already exists" not in line:
+                problems.append(line.strip())
+        return problems
+
+    def restore_archive(self, target: str, section: str, source: Source, *, jobs: int = 1) -> None:
+        """Feed a pg_dump custom-format section to pg_restore in one transaction."""
+        argv = [
+            str(self.bindir / "pg_restore"),
+            "--no-password",
+            "--exit-on-error",
+            "--single-transaction",
+            f"--dbname={conninfo_dbname(target)}",
+        ]
+        env = execute.child_environment(child_env(self.endpoint, target))
+        context = f"restoring {section} of {target}"
+        with execute.Child(
+            argv,
+            env=env,
+            deadline=self.deadline(),
+            stdin=execute.PIPE,
+            stdout=execute.DEVNULL,
+            label="pg_restore",
+        ) as child:
+            try:
+                for chunk in iter_chunks(source):
+                    child.stdin.write(chunk)
+                child.stdin.close()
+            except BrokenPipeError:
+                child.check(context=context)
+                raise IOFailure(f"{context}: pg_restore stopped reading its input") from None
+            except BaseException:
+                child.kill()
+                raise
+            child.check(timeout=self.deadline(), context=context)
+
+    def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
+        """COPY one table's rows in; commit only after ``finish`` proved the checksum."""
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(qualified(table.schema, table.name), columns)
+        if not table.columns:
+            statement = sql.SQL("COPY {} FROM STDIN").format(qualified(table.schema, table.name))
+        written = 0
+        conn = connect(self.endpoint, target, autocommit=False)
+        try:
+            conn.execute("SET synchronous_commit = off")
+            with conn.cursor() as cur, cur.copy(statement) as copy:
+                for chunk in iter_chunks(source):
+                    copy.write(chunk)
+                    written += len(chunk)
+                finish()
+            conn.commit()
+        except psycopg.Error as exc:
+            raise table_load_error(target, table, exc) from exc
+        finally:
+            conn.close()
+        return written
+
+    def restore_sql(self, target: str, script: bytes) -> None:
+        if not script.strip():
+            return
+        with connect(self.endpoint, target, autocommit=False) as conn:
+            try:
+                conn.execute(script.decode("utf-8"))
+                conn.commit()
+            except psycopg.Error as exc:
+                raise IOFailure(f"{target}: restoring SQL failed: {str(exc).strip()}") from exc
+
+
+def table_load_error(target: str, table: TableRef, exc: psycopg.Error) -> DbBackupError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    where = f"{target}: table {table.schema}.{table.name}"
+    if isinstance(exc, psycopg.OperationalError):
+        return ServiceUnavailableError(f"{where}: the connection failed during COPY: {text}")
+    if isinstance(exc, psycopg.errors.DataException | psycopg.errors.BadCopyFileFormat):
+        return DataError(f"{where}: the stored rows were rejected: {text}")
+    return IOFailure(f"{where}: loading rows failed: {text}")
