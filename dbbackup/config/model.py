@@ -1,0 +1,132 @@
+"""The settings dataclasses; each field declaration is also the key's schema entry.
+
+To add a key, add one ``setting(default, kind, doc)`` field to its section class. To
+add a section, write its class and add one field to ``Settings`` whose metadata is
+``section_doc(doc)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dbbackup.config.kinds import Duration, FilePath, Integer, Location, Text, TextList, TimeZone
+from dbbackup.config.schema import KeySpec, Schema, SectionSpec, section_doc, setting
+
+PORT = Integer(0, 65535)
+ENGINES = ("postgres", "mysql")
+COMPRESSIONS = ("zstd", "gzip", "lz4", "xz", "none")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    host: str = setting(
+        "", Text(), "Host or socket directory; empty = postgres /run/postgresql, mysql localhost."
+    )
+    port: int = setting(0, PORT, "TCP port; 0 = the engine's default (5432 or 3306).")
+    user: str = setting("", Text(), "User to connect as; empty = the client's default.")
+    password: str = setting(
+        "",
+        Text(),
+        "Password (prefer password_file); a file holding it must be mode 0600 or 0640.",
+        secret=True,
+    )
+    password_file: str = setting("", FilePath(), "File whose first line is the password.")
+    maintenance_db: str = setting(
+        "", Text(), "Database used to list databases; empty = postgres: postgres, mysql: none."
+    )
+    databases: tuple[str, ...] = setting(
+        ["*"], TextList(non_empty=True), 'Databases to back up; "*" = all databases and globals.'
+    )
+    exclude: tuple[str, ...] = setting([], TextList(), 'Databases that "*" leaves out.')
+    sslmode: str = setting("prefer", Text(SSLMODES), "TLS mode, with libpq's meanings.")
+    connect_timeout: float = setting("10s", Duration(), "Longest wait for a connection to open.")
+    statement_timeout: float = setting("0", Duration(), "Longest statement in dump sessions; 0 = no limit.")
+    lock_timeout: float = setting("60s", Duration(), "Longest wait for a lock before failing.")
+    idle_timeout: float = setting("10min", Duration(), "Longest idle-in-transaction time.")
+    direct_host: str = setting(
+        "", Text(), "Host for dumps and restores when host is a transaction pooler; empty = host."
+    )
+    direct_port: int = setting(0, PORT, "Port for direct_host; 0 = port.")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    repository: str = setting("/var/lib/dbbackup/repo", Location(), "Where backup sets are kept.")
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    compression: str = setting("zstd", Text(COMPRESSIONS), "Compression of stored objects.")
+    compression_level: int | None = setting(
+        None,
+        Integer(optional=True),
+        "Compression level; unset = the algorithm's default.",
+        example=3,
+    )
+    timezone: str = setting("local", TimeZone(), "Zone of the timestamps in backup set names.")
+    jobs: int = setting(2, Integer(1), "Dumps run in parallel.")
+    timeout: float = setting("24h", Duration(), "Deadline for one backup run.")
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    jobs: int = setting(2, Integer(1), "Restore workers run in parallel.")
+    timeout: float = setting("24h", Duration(), "Deadline for one restore run.")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = setting("info", Text(LOG_LEVELS), "Least severe message logged.")
+    format: str = setting("text", Text(LOG_FORMATS), "Log line format.")
+    file: str = setting("", FilePath(), "Also log to this file; empty = none.")
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    path: str = setting("", FilePath(), "SQLite catalog of backup sets; empty = <repository>/catalog.sqlite.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance: str
+    engine: str = setting("postgres", Text(ENGINES), "postgres (PostgreSQL) or mysql (MySQL, MariaDB).")
+    connection: ConnectionSettings = field(
+        default_factory=ConnectionSettings, metadata=section_doc("How to reach the server.")
+    )
+    storage: StorageSettings = field(
+        default_factory=StorageSettings, metadata=section_doc("Where backups are kept.")
+    )
+    backup: BackupSettings = field(
+        default_factory=BackupSettings, metadata=section_doc("How backups are taken.")
+    )
+    restore: RestoreSettings = field(
+        default_factory=RestoreSettings, metadata=section_doc("How restores run.")
+    )
+    log: LogSettings = field(default_factory=LogSettings, metadata=section_doc("Logging."))
+    catalog: CatalogSettings = field(
+        default_factory=CatalogSettings, metadata=section_doc("The index of backup sets.")
+    )
+
+    @property
+    def catalog_path(self) -> Path:
+        """The catalog file: ``catalog.path``, or ``<repository>/catalog.sqlite``."""
+        if self.catalog.path:
+            return Path(self.catalog.path)
+        return Path(self.storage.repository) / "catalog.sqlite"
+
+
+SCHEMA = Schema.from_dataclass(Settings)
+
+
+def schema_keys() -> list[KeySpec]:
+    """Every key in declaration order (top-level keys first), for docs and tools."""
+    return list(SCHEMA.keys)
+
+
+def schema_sections() -> list[SectionSpec]:
+    """Every section with its doc string and keys, for docs and tools."""
+    return list(SCHEMA.sections)
