@@ -35,7 +35,8 @@ _MAX_SHOWN_VALUE = 60
 
 @dataclass(frozen=True)
 class Source:
-    """Where an effective value came from; ``detail`` is path:line, variable or flag."""
+    """Where an effective value came from; ``detail`` is path:line, variable or flag
+    ("" for a built-in default)."""
 
     kind: Literal["default", "file", "env", "flag"]
     detail: str
@@ -45,10 +46,10 @@ class Source:
             return f"environment {self.detail}"
         if self.kind == "flag":
             return f"option {self.detail}"
-        return self.detail
+        return self.detail or self.kind
 
 
-DEFAULT_SOURCE = Source("default", "default")
+DEFAULT_SOURCE = Source("default", "")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def test_no_files_gives_defaults(environ: dict[str, str]) -> None:
     assert settings.backup.timeout == 86400.0
     assert settings.catalog_path == Path("/var/lib/dbbackup/repo/catalog.sqlite")
     assert loaded.files == ()
-    assert set(loaded.sources.values()) == {Source("default", "default")}
+    assert set(loaded.sources.values()) == {Source("default", "")}
 
 
 def test_precedence_flag_over_env_over_file_over_default(environ: dict[str, str], write: WriteFile) -> None:
@@ -77,7 +77,7 @@ def test_precedence_flag_over_env_over_file_over_default(environ: dict[str, str]
     assert settings.connection.port == 5433
     assert loaded.sources["connection.port"] == Source("file", f"{main}:2")
     assert settings.backup.compression_level is None
-    assert loaded.sources["backup.compression_level"] == Source("default", "default")
+    assert loaded.sources["backup.compression_level"] == Source("default", "")
     assert loaded.files == (main,)
 
 
@@ -323,7 +323,7 @@ def test_flag_values_of_various_types(environ: dict[str, str]) -> None:
     assert settings.log.file == "/var/log/dbbackup.log"
     assert settings.backup.jobs == 3
     assert settings.backup.compression == "none"
-    assert loaded.sources["log.level"] == Source("default", "default")
+    assert loaded.sources["log.level"] == Source("default", "")
 
 
 def test_override_of_unknown_key_is_an_internal_error(environ: dict[str, str]) -> None:
