@@ -143,6 +143,8 @@ class Manifest:
     databases: list[DatabaseEntry] = field(default_factory=list)
     parent: str | None = None
     encrypted: bool = False
+    server_version_num: int = 0
+    tools_major: int = 0
     client_host: str = field(default_factory=socket.gethostname)
     tool_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -158,9 +160,7 @@ class Manifest:
             if db.name == name:
                 return db
         names = ", ".join(db.name for db in self.databases) or "none"
-        raise InputMissingError(
-            f"backup set {self.id} holds no database {name!r}", hint=f"it holds: {names}"
-        )
+        raise InputMissingError(f"backup set {self.id} holds no database {name!r}", hint=f"it holds: {names}")
 
     @property
     def stored_bytes(self) -> int:
@@ -181,9 +181,7 @@ class Manifest:
         }
 
     def to_json(self) -> bytes:
-        return (
-            json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        ).encode()
+        return (json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> Manifest:
@@ -213,6 +211,8 @@ class Manifest:
                 databases=[DatabaseEntry.from_dict(d) for d in data["databases"]],
                 parent=data.get("parent"),
                 encrypted=bool(data.get("encrypted", False)),
+                server_version_num=int(data.get("server_version_num", 0)),
+                tools_major=int(data.get("tools_major", 0)),
                 client_host=str(data.get("client_host", "")),
                 tool_version=str(data.get("tool_version", "")),
                 format_version=version,
@@ -264,9 +264,7 @@ def complete_set_ids(storage: Storage, instance: str) -> list[str]:
     for name in storage.children(instance):
         if SET_ID_RE.match(name) and storage.exists(object_key(instance, name, MANIFEST)):
             found.append(name)
-    return sorted(
-        found, key=lambda n: (parse_set_time(n) or datetime.min.replace(tzinfo=UTC), n)
-    )
+    return sorted(found, key=lambda n: (parse_set_time(n) or datetime.min.replace(tzinfo=UTC), n))
 
 
 def age_of(manifest: Manifest) -> timedelta:

@@ -240,9 +240,7 @@ def run_capture(
         ) from exc
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace")
-        failure = ChildFailure(
-            done.returncode, "\n".join(tail.splitlines()[-STDERR_TAIL_LINES:]), False
-        )
+        failure = ChildFailure(done.returncode, "\n".join(tail.splitlines()[-STDERR_TAIL_LINES:]), False)
         raise failure_to_error(os.path.basename(argv[0]), failure, context)
     return done.stdout, done.stderr
 

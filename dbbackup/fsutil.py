@@ -243,9 +243,7 @@ def write_probe(directory: Path, *, timeout: float = WRITE_PROBE_TIMEOUT) -> Non
         return
     if isinstance(error, DbBackupError):
         if isinstance(error, IOFailure | CannotCreateError | PermissionDeniedError):
-            raise CannotCreateError(
-                f"write probe failed: {error.message}", hint=error.hint
-            ) from error
+            raise CannotCreateError(f"write probe failed: {error.message}", hint=error.hint) from error
         raise error
     raise error
 

@@ -108,9 +108,10 @@ def store_bytes(
     role: str,
     compression: Compression,
 ) -> StoredObject:
-    with object_writer(
-        storage, key, relative_key=relative_key, role=role, compression=compression
-    ) as (sink, done):
+    with object_writer(storage, key, relative_key=relative_key, role=role, compression=compression) as (
+        sink,
+        done,
+    ):
         sink.write(data)
     return done[0]
 

@@ -105,6 +105,8 @@ class BackupRun:
             compression=self.compression.algorithm,
             compression_level=self.compression.level,
             cluster=cluster,
+            server_version_num=info.version_num,
+            tools_major=engine.tools_major,
         )
         begun = time.monotonic()
         with dblog.log_context(backup_id=set_id):
@@ -188,14 +190,10 @@ class BackupRun:
             )
         return entry
 
-    def _run_parallel(
-        self, set_id: str, directory: str, tasks: list[DumpTask]
-    ) -> list[StoredObject]:
+    def _run_parallel(self, set_id: str, directory: str, tasks: list[DumpTask]) -> list[StoredObject]:
         ordered = sorted(tasks, key=lambda t: -t.size_hint)
         results: dict[int, StoredObject] = {}
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.request.jobs), thread_name_prefix="dump"
-        ) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, self.request.jobs), thread_name_prefix="dump") as pool:
             futures: dict[Future[StoredObject], int] = {}
             for task in ordered:
                 index = tasks.index(task)

@@ -50,13 +50,17 @@ class Runtime:
         )
         engine_name = self.settings.engine
         if engine_name == "postgres":
-            from dbbackup.engines.postgres import PostgresEngine, endpoint_from_settings
+            from dbbackup.engines.postgres import (
+                PostgresEngine,
+                direct_from_settings,
+                endpoint_from_settings,
+            )
 
             passfile = None
             if password:
                 passfile = credentials.write_pgpass(self.workdir / "pgpass", password=password)
             endpoint = endpoint_from_settings(connection, password=password, passfile=passfile)
-            return PostgresEngine(endpoint, timeout=timeout)
+            return PostgresEngine(endpoint, timeout=timeout, direct=direct_from_settings(connection))
         raise ConfigError(
             f"engine {engine_name!r} is not available in this version",
             hint='use engine = "postgres"',

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import io
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from dbbackup import backupset, objects
 from dbbackup import log as dblog
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
+from dbbackup.actions.restore_state import RESTORED, STARTED, RestoreState
 from dbbackup.actions.sets import resolve_set
 from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.engines.base import Engine
@@ -38,6 +40,7 @@ class RestoreRequest:
     jobs: int = 2
     dry_run: bool = False
     continue_on_error: bool = False
+    resume: bool = False
 
 
 @dataclass
@@ -75,9 +78,7 @@ class RestoreReport:
         return data
 
 
-def select_databases(
-    manifest: Manifest, request: RestoreRequest
-) -> list[tuple[DatabaseEntry, str]]:
+def select_databases(manifest: Manifest, request: RestoreRequest) -> list[tuple[DatabaseEntry, str]]:
     if request.all_databases and request.databases:
         raise UsageError("--all and --database exclude each other")
     entries = (
@@ -116,17 +117,12 @@ class RestoreRun:
     def execute(self) -> RestoreReport:
         manifest = resolve_set(self.runtime, self.request.set_ref)
         selected = select_databases(manifest, self.request)
-        with_globals = bool(manifest.globals) and (
-            self.request.all_databases or not self.request.databases
-        )
-        report = RestoreReport(
-            set_id=manifest.id, instance=manifest.instance, dry_run=self.request.dry_run
-        )
+        with_globals = bool(manifest.globals) and (self.request.all_databases or not self.request.databases)
+        report = RestoreReport(set_id=manifest.id, instance=manifest.instance, dry_run=self.request.dry_run)
         check_sizes(
             self.runtime,
             manifest,
-            (manifest.globals if with_globals else [])
-            + [o for e, _ in selected for o in e.objects],
+            (manifest.globals if with_globals else []) + [o for e, _ in selected for o in e.objects],
         )
         if self.request.dry_run:
             report.globals_status = "planned" if with_globals else report.globals_status
@@ -143,23 +139,46 @@ class RestoreRun:
             return report
         engine = self.runtime.engine(timeout=self.runtime.settings.restore.timeout)
         try:
+            info = engine.server_info()
+            engine.check_restore(manifest.server_version_num, manifest.tools_major)
+            state = RestoreState.open(manifest.id, info.host, resume=self.request.resume)
             with dblog.log_context(backup_id=manifest.id):
                 if with_globals:
                     self._restore_globals(engine, manifest, report)
-                for index, (entry, target) in enumerate(selected):
-                    outcome = self._restore_one(engine, manifest, entry, target)
-                    report.databases.append(outcome)
-                    if outcome.status == "failed" and not self.request.continue_on_error:
-                        report.databases.extend(
-                            DatabaseOutcome(
-                                e.name, t, "skipped", reason="an earlier database failed"
-                            )
-                            for e, t in selected[index + 1 :]
-                        )
-                        break
+                report.databases = self._restore_databases(engine, manifest, selected, state)
         finally:
             engine.close()
         return report
+
+    def _restore_databases(
+        self,
+        engine: Engine,
+        manifest: Manifest,
+        selected: list[tuple[DatabaseEntry, str]],
+        state: RestoreState,
+    ) -> list[DatabaseOutcome]:
+        """Up to ``jobs`` databases at once; each gets its share of table jobs."""
+        parallel = max(1, min(self.request.jobs, len(selected)))
+        table_jobs = max(1, self.request.jobs // parallel)
+        stop = threading.Event()
+
+        def one(entry: DatabaseEntry, target: str) -> DatabaseOutcome:
+            if stop.is_set():
+                return DatabaseOutcome(entry.name, target, "skipped", reason="an earlier database failed")
+            if self.request.resume and state.status(target) == RESTORED:
+                return DatabaseOutcome(
+                    entry.name, target, "skipped", reason="already restored by an earlier run (--resume)"
+                )
+            # A database an interrupted run had begun is ours to drop and redo.
+            clean = self.request.clean or (self.request.resume and state.status(target) == STARTED)
+            outcome = self._restore_one(engine, manifest, entry, target, clean, table_jobs, state)
+            if outcome.status == "failed" and not self.request.continue_on_error:
+                stop.set()
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="database") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, e, t) for e, t in selected]
+            return [future.result() for future in futures]
 
     def _key(self, manifest: Manifest, obj: StoredObject) -> str:
         return backupset.object_key(manifest.instance, manifest.id, obj.key)
@@ -176,17 +195,23 @@ class RestoreRun:
             log.error("restoring globals: %s", problem, extra={"event": "globals_error"})
 
     def _restore_one(
-        self, engine: Engine, manifest: Manifest, entry: DatabaseEntry, target: str
+        self,
+        engine: Engine,
+        manifest: Manifest,
+        entry: DatabaseEntry,
+        target: str,
+        clean: bool,
+        jobs: int,
+        state: RestoreState,
     ) -> DatabaseOutcome:
         begun = time.monotonic()
         outcome = DatabaseOutcome(entry.name, target, "restored")
         with dblog.log_context(database=entry.name):
             try:
-                outcome.bytes = self._restore_database(engine, manifest, entry, target)
+                outcome.bytes = self._restore_database(engine, manifest, entry, target, clean, jobs, state)
+                state.mark(target, RESTORED)
                 outcome.tables = len(entry.objects_with_role("table-data"))
-                log.info(
-                    "restored %s into %s", entry.name, target, extra={"event": "database_restored"}
-                )
+                log.info("restored %s into %s", entry.name, target, extra={"event": "database_restored"})
             except DbBackupError as exc:
                 outcome.status, outcome.reason, outcome.exit_code = (
                     "failed",
@@ -203,7 +228,14 @@ class RestoreRun:
         return outcome
 
     def _restore_database(
-        self, engine: Engine, manifest: Manifest, entry: DatabaseEntry, target: str
+        self,
+        engine: Engine,
+        manifest: Manifest,
+        entry: DatabaseEntry,
+        target: str,
+        clean: bool,
+        jobs: int,
+        state: RestoreState,
     ) -> int:
         storage = self.runtime.storage
         self.progress.set_phase(f"restoring {entry.name}")
@@ -215,33 +247,30 @@ class RestoreRun:
         }
         if "pre-data" not in ddl or "post-data" not in ddl:
             raise DataError(f"set {manifest.id}: database {entry.name} lacks its schema objects")
-        engine.prepare_target(target, entry.properties, clean=self.request.clean)
+        engine.prepare_target(target, entry.properties, clean=clean)
+        state.mark(target, STARTED)
         engine.restore_ddl(target, "pre-data", io.BytesIO(ddl["pre-data"]))
-        loaded = self._restore_tables(engine, manifest, entry, target)
+        loaded = self._restore_tables(engine, manifest, entry, target, jobs)
         engine.restore_sql(target, ddl.get("sequences", b""))
         for obj in entry.objects_with_role("large-objects"):
             with objects.VerifiedReader(storage, self._key(manifest, obj), obj) as reader:
                 engine.restore_ddl(target, "large-objects", reader)
-        engine.restore_ddl(target, "post-data", io.BytesIO(ddl["post-data"]))
+        engine.restore_ddl(target, "post-data", io.BytesIO(ddl["post-data"]), jobs=jobs)
         return loaded
 
     def _restore_tables(
-        self, engine: Engine, manifest: Manifest, entry: DatabaseEntry, target: str
+        self, engine: Engine, manifest: Manifest, entry: DatabaseEntry, target: str, jobs: int
     ) -> int:
         tables = sorted(entry.objects_with_role("table-data"), key=lambda o: -o.plain_bytes)
 
         def load(obj: StoredObject) -> int:
             assert obj.table is not None
-            with objects.VerifiedReader(
-                self.runtime.storage, self._key(manifest, obj), obj
-            ) as reader:
+            with objects.VerifiedReader(self.runtime.storage, self._key(manifest, obj), obj) as reader:
                 counted = _ProgressReader(reader, self.progress)
                 return engine.restore_table(target, obj.table, counted, reader.finish)
 
         total = 0
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.request.jobs), thread_name_prefix="restore"
-        ) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="restore") as pool:
             futures = [pool.submit(contextvars.copy_context().run, load, obj) for obj in tables]
             _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:

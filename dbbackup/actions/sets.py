@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dbbackup import backupset
 from dbbackup.actions.context import Runtime
 from dbbackup.backupset import Manifest
-from dbbackup.catalog import SetSummary
+from dbbackup.catalog import Catalog, SetSummary
 from dbbackup.errors import DataError, InputMissingError, UsageError
 
 log = logging.getLogger("dbbackup.sets")
@@ -39,9 +39,7 @@ def resolve_set(runtime: Runtime, ref: str, *, database: str | None = None) -> M
             hint="run 'dbbackup list' to see the sets",
         )
     if len(matches) > 1:
-        raise UsageError(
-            f"{ref!r} matches several sets: {', '.join(matches)}", hint="give more of the id"
-        )
+        raise UsageError(f"{ref!r} matches several sets: {', '.join(matches)}", hint="give more of the id")
     return backupset.read_manifest(storage, instance, matches[0])
 
 
@@ -84,7 +82,14 @@ def rebuild_catalog(runtime: Runtime) -> SyncResult:
     """Recreate the instance's catalog entries from the manifests alone."""
     ids = backupset.complete_set_ids(runtime.storage, runtime.instance)
     summaries, unreadable = _summaries(runtime, ids)
-    count = runtime.catalog().replace_all(summaries, instance=runtime.instance)
+    try:
+        catalog = runtime.catalog()
+    except DataError as exc:
+        # The catalog is only a cache of the manifests: a corrupt one is replaced.
+        log.warning("catalog %s is damaged (%s); recreating it", runtime.catalog_path(), exc.message)
+        Catalog.discard(runtime.catalog_path())
+        catalog = runtime.catalog()
+    count = catalog.replace_all(summaries, instance=runtime.instance)
     return SyncResult(added=count, removed=0, unreadable=unreadable)
 
 

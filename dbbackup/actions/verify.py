@@ -53,9 +53,7 @@ def _check(
         if mode == "quick":
             size = runtime.storage.size(key)
             if size != obj.stored_bytes:
-                raise DataError(
-                    f"{key}: stored size {size} bytes, manifest says {obj.stored_bytes}"
-                )
+                raise DataError(f"{key}: stored size {size} bytes, manifest says {obj.stored_bytes}")
         else:
             objects.verify_stored(runtime.storage, key, obj, deep=mode == "deep")
         progress.add_bytes(obj.stored_bytes)
@@ -64,9 +62,7 @@ def _check(
         return ObjectCheck(key, False, exc.message)
 
 
-def run_verify(
-    runtime: Runtime, ref: str, *, mode: str, jobs: int, progress: Progress
-) -> VerifyReport:
+def run_verify(runtime: Runtime, ref: str, *, mode: str, jobs: int, progress: Progress) -> VerifyReport:
     begun = time.monotonic()
     manifest = resolve_set(runtime, ref)
     report = VerifyReport(set_id=manifest.id, mode=mode)
@@ -76,9 +72,7 @@ def run_verify(
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify") as pool:
             checks = list(
                 pool.map(
-                    lambda o: contextvars.copy_context().run(
-                        _check, runtime, manifest, o, mode, progress
-                    ),
+                    lambda o: contextvars.copy_context().run(_check, runtime, manifest, o, mode, progress),
                     stored,
                 )
             )
@@ -89,9 +83,7 @@ def run_verify(
     report.failures = [c for c in checks if not c.ok]
     report.duration_sec = round(time.monotonic() - begun, 3)
     for failure in report.failures:
-        log.error(
-            "verify: %s", failure.error, extra={"event": "verify_failed", "backup_id": manifest.id}
-        )
+        log.error("verify: %s", failure.error, extra={"event": "verify_failed", "backup_id": manifest.id})
     if report.ok:
         log.info(
             "verify: %d objects of %s are intact",

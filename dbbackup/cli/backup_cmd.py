@@ -28,18 +28,14 @@ from dbbackup.pipeline.compress import ALGORITHMS, validate_level
     is_flag=True,
     help="Back up every database plus roles and tablespaces (the whole cluster).",
 )
-@click.option(
-    "--compression", type=click.Choice(ALGORITHMS), help="Compression algorithm (default: zstd)."
-)
+@click.option("--compression", type=click.Choice(ALGORITHMS), help="Compression algorithm (default: zstd).")
 @click.option(
     "--compression-level",
     type=int,
     metavar="N",
     help="Compression level; valid ranges: zstd 1-19, gzip 1-9, lz4 0-16, xz 0-9.",
 )
-@click.option(
-    "--jobs", "-j", type=click.IntRange(min=1), help="Tables dumped in parallel (default: 2)."
-)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Tables dumped in parallel (default: 2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new set's summary as JSON.")
 @click.pass_context
 def backup(

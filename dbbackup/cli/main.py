@@ -80,9 +80,7 @@ def cli(
     log_format: str | None,
 ) -> None:
     """Back up, verify and restore PostgreSQL and MySQL/MariaDB servers."""
-    ctx.obj = CliState(
-        config_file=config_file, instance=instance, log_level=log_level, log_format=log_format
-    )
+    ctx.obj = CliState(config_file=config_file, instance=instance, log_level=log_level, log_format=log_format)
 
 
 cli.add_command(backup)

@@ -29,17 +29,14 @@ from dbbackup.cli.state import state
     is_flag=True,
     help="Restore roles and tablespaces, then every database of a cluster set.",
 )
+@click.option("--target-db", metavar="NAME", help="Restore the one selected database under this name.")
+@click.option("--clean", is_flag=True, help="Drop and recreate a target database that already exists.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Tables loaded in parallel (default: 2).")
+@click.option("--continue-on-error", is_flag=True, help="Go on with the next database when one fails.")
 @click.option(
-    "--target-db", metavar="NAME", help="Restore the one selected database under this name."
-)
-@click.option(
-    "--clean", is_flag=True, help="Drop and recreate a target database that already exists."
-)
-@click.option(
-    "--jobs", "-j", type=click.IntRange(min=1), help="Tables loaded in parallel (default: 2)."
-)
-@click.option(
-    "--continue-on-error", is_flag=True, help="Go on with the next database when one fails."
+    "--resume",
+    is_flag=True,
+    help="Skip databases an earlier run of this set restored completely; redo the rest.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; do not touch the server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-database report as JSON.")
@@ -53,6 +50,7 @@ def restore(
     clean: bool,
     jobs: int | None,
     continue_on_error: bool,
+    resume: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -67,6 +65,7 @@ def restore(
         jobs=settings.restore.jobs,
         dry_run=dry_run,
         continue_on_error=continue_on_error,
+        resume=resume,
     )
     with open_runtime(settings) as runtime:
         report = run_restore(runtime, request, Progress.for_terminal(not as_json))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +19,24 @@ from dbbackup.engines.postgres.connection import (
     PgEndpoint,
     child_env,
     connect,
+    detect_pooler,
+    direct_endpoint,
     find_client_bindir,
+    pooler_error,
+    tool_major,
+    translated_errors,
 )
 from dbbackup.engines.postgres.dump import PgDump
 from dbbackup.engines.postgres.restore import PgRestore
+from dbbackup.errors import ServiceUnavailableError
 
-__all__ = ["PgEndpoint", "PostgresEngine", "endpoint_from_settings"]
+log = logging.getLogger("dbbackup.postgres")
+
+__all__ = ["PgEndpoint", "PostgresEngine", "direct_from_settings", "endpoint_from_settings"]
+
+
+def direct_from_settings(connection: Any) -> tuple[str, int]:
+    return (str(connection.direct_host), int(connection.direct_port))
 
 
 def endpoint_from_settings(connection: Any, *, password: str | None, passfile: Path | None) -> PgEndpoint:
@@ -45,8 +58,12 @@ def endpoint_from_settings(connection: Any, *, password: str | None, passfile: P
 class PostgresEngine:
     name = "postgres"
 
-    def __init__(self, endpoint: PgEndpoint, *, timeout: float) -> None:
+    def __init__(
+        self, endpoint: PgEndpoint, *, timeout: float, direct: tuple[str, int] | None = None
+    ) -> None:
         self.endpoint = endpoint
+        self._direct = direct if direct and (direct[0] or direct[1]) else None
+        self.pooler: str | None = None
         self._deadline_at = time.monotonic() + timeout if timeout > 0 else float("inf")
         self._info: ServerInfo | None = None
         self._bindir: Path | None = None
@@ -57,7 +74,23 @@ class PostgresEngine:
         return max(1.0, min(left, 7 * 86400.0))
 
     def server_info(self) -> ServerInfo:
+        """Connect once, refuse (or route around) a pooler, learn the version."""
         if self._info is None:
+            with connect(self.endpoint, self.endpoint.maintenance_db) as conn:
+                pooler = detect_pooler(self.endpoint, conn)
+            if pooler is not None:
+                self.pooler = pooler
+                if self._direct is None:
+                    raise pooler_error(self.endpoint, pooler)
+                pooled = self.endpoint.display
+                self.endpoint = direct_endpoint(self.endpoint, *self._direct)
+                log.info(
+                    "%s is %s; dumps and restores use the direct address %s",
+                    pooled,
+                    pooler,
+                    self.endpoint.display,
+                    extra={"event": "pooler_detected"},
+                )
             with connect(self.endpoint, self.endpoint.maintenance_db) as conn:
                 num = conn.info.server_version
                 row = conn.execute("SELECT pg_catalog.version()").fetchone()
@@ -65,8 +98,25 @@ class PostgresEngine:
                 version=str(row[0]) if row else str(num),
                 version_num=num,
                 host=self.endpoint.display,
+                pooler=self.pooler,
             )
         return self._info
+
+    @property
+    def tools_major(self) -> int:
+        return tool_major(str(self.bindir / "pg_dump"))
+
+    def check_restore(self, source_version_num: int, tools_major: int) -> None:
+        """Fail before the target is touched when this server cannot take the set."""
+        target = self.server_info().version_num
+        if source_version_num and target // 10000 < source_version_num // 10000:
+            raise ServiceUnavailableError(
+                f"the set comes from PostgreSQL {source_version_num // 10000}, the target server runs "
+                f"{target // 10000}: a dump cannot be restored into an older major version",
+                hint=f"restore into PostgreSQL {source_version_num // 10000} or newer",
+            )
+        if tools_major and tool_major(str(self.bindir / "pg_restore")) < tools_major:
+            self._bindir = find_client_bindir(tools_major)
 
     @property
     def bindir(self) -> Path:
@@ -75,7 +125,10 @@ class PostgresEngine:
         return self._bindir
 
     def list_databases(self) -> list[str]:
-        with connect(self.endpoint, self.endpoint.maintenance_db) as conn:
+        with (
+            translated_errors("listing databases"),
+            connect(self.endpoint, self.endpoint.maintenance_db) as conn,
+        ):
             rows = conn.execute(
                 "SELECT datname FROM pg_catalog.pg_database "
                 "WHERE datallowconn AND NOT datistemplate ORDER BY datname"
@@ -97,23 +150,29 @@ class PostgresEngine:
 
     @contextlib.contextmanager
     def snapshot(self, database: str) -> Iterator[DatabaseDump]:
-        with PgDump(self.endpoint, self.bindir, database, deadline=self.remaining).open() as dump:
+        with (
+            translated_errors(f"dumping {database}"),
+            PgDump(self.endpoint, self.bindir, database, deadline=self.remaining).open() as dump,
+        ):
             yield dump
 
     def _restorer(self) -> PgRestore:
         return PgRestore(self.endpoint, self.bindir, deadline=self.remaining)
 
     def database_exists(self, name: str) -> bool:
-        return self._restorer().database_exists(name)
+        with translated_errors(f"checking database {name}"):
+            return self._restorer().database_exists(name)
 
     def prepare_target(self, name: str, properties: dict[str, Any], *, clean: bool) -> None:
-        self._restorer().prepare_target(name, properties, clean=clean)
+        with translated_errors(f"preparing database {name}"):
+            self._restorer().prepare_target(name, properties, clean=clean)
 
     def restore_globals(self, script: bytes) -> list[str]:
-        return self._restorer().restore_globals(script)
+        with translated_errors("restoring roles and tablespaces"):
+            return self._restorer().restore_globals(script)
 
-    def restore_ddl(self, target: str, section: str, source: Source) -> None:
-        self._restorer().restore_archive(target, section, source)
+    def restore_ddl(self, target: str, section: str, source: Source, *, jobs: int = 1) -> None:
+        self._restorer().restore_archive(target, section, source, jobs=jobs)
 
     def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
         return self._restorer().restore_table(target, table, source, finish)

@@ -23,6 +23,7 @@ from dbbackup import credentials
 from dbbackup.errors import (
     DbBackupError,
     InputMissingError,
+    IOFailure,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
@@ -147,7 +148,8 @@ def tool_major(path: str) -> int:
         timeout=15,
         context="checking client version",
     )
-    match = _VERSION_RE.search(out.decode("utf-8", "replace").split(")")[-1])
+    # "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the first number after the name.
+    match = _VERSION_RE.search(out.decode("utf-8", "replace").partition(")")[2])
     if not match:
         raise ServiceUnavailableError(f"cannot tell the version of {path}")
     return int(match.group(1))
@@ -194,3 +196,84 @@ def cursor(
 ) -> Iterator[psycopg.Cursor[Any]]:
     with conn.cursor() as cur:
         yield cur
+
+
+def _is_socket_dir(host: str) -> bool:
+    return host.startswith("/") or host.startswith("@")
+
+
+def detect_pooler(endpoint: PgEndpoint, conn: psycopg.Connection[Any]) -> str | None:
+    """Name the pooler between us and the server, if any (PgBouncer, pgpool-II).
+
+    A proxy shows because the server reports another port than the one we
+    dialled (or a TCP port while we came in over a socket). Only then is
+    PgBouncer's admin database asked for its version, so that a plain server
+    never logs a failed login.
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute("SHOW pool_version").fetchone()
+        return f"pgpool-II {row[0]}" if row else "pgpool-II"
+    except psycopg.Error:
+        pass  # a real PostgreSQL server has no such parameter: not pgpool
+    row = conn.execute("SELECT pg_catalog.inet_server_port()").fetchone()
+    server_port = row[0] if row else None
+    if _is_socket_dir(endpoint.host):
+        proxied = server_port is not None
+    else:
+        proxied = server_port is not None and int(server_port) != endpoint.port
+    if not proxied:
+        return None
+    try:
+        admin = psycopg.connect(
+            host=endpoint.host,
+            port=endpoint.port,
+            dbname="pgbouncer",
+            user=endpoint.user or None,
+            password=endpoint.password,
+            connect_timeout=max(1, min(5, int(endpoint.connect_timeout))),
+            autocommit=True,
+        )
+    except psycopg.Error as exc:
+        text = str(exc).lower()
+        if "not allowed" in text or ("pgbouncer" in text and "does not exist" not in text):
+            return "PgBouncer"
+        return f"a connection pooler or proxy (the server listens on port {server_port})"
+    try:
+        version = admin.execute("SHOW VERSION").fetchone()
+        return str(version[0]) if version else "PgBouncer"
+    except psycopg.Error:
+        return "PgBouncer"
+    finally:
+        admin.close()
+
+
+def pooler_error(endpoint: PgEndpoint, pooler: str) -> DbBackupError:
+    return ServiceUnavailableError(
+        f"{endpoint.display} is {pooler}, not a PostgreSQL server: a transaction-mode pooler cannot "
+        "hold a dump's snapshot or a restore's session, so dbbackup will not back up or restore through it",
+        hint="set connection.direct_host (and direct_port) to the PostgreSQL server behind the pooler, "
+        "or to a session-mode pool; dbbackup then uses that address for dumps and restores",
+    )
+
+
+def direct_endpoint(endpoint: PgEndpoint, direct_host: str, direct_port: int) -> PgEndpoint:
+    from dataclasses import replace
+
+    return replace(endpoint, host=direct_host or endpoint.host, port=direct_port or endpoint.port)
+
+
+@contextlib.contextmanager
+def translated_errors(context: str) -> Iterator[None]:
+    """Server errors become errors with exit codes (69 for lost connections, 74 otherwise)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else exc.__class__.__name__
+        if isinstance(exc, psycopg.OperationalError):
+            raise ServiceUnavailableError(f"{context}: {first}") from exc
+        kind = credentials.classify_client_error(text)
+        if kind is PermissionDeniedError:
+            raise PermissionDeniedError(f"{context}: {first}") from exc
+        raise IOFailure(f"{context}: {first}") from exc

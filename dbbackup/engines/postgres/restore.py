@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dbbackup import execute
+from dbbackup import execute, fsutil
 from dbbackup.backupset import TableRef
 from dbbackup.engines.base import Source, iter_chunks
 from dbbackup.engines.postgres.connection import PgEndpoint, child_env, connect
@@ -114,19 +114,28 @@ class PgRestore:
             is not None
         )
 
+    def _admin_avoiding(self, name: str) -> psycopg.Connection[Any]:
+        # A database cannot be dropped or altered from a session connected to it.
+        dbname = "template1" if name == self.endpoint.maintenance_db else self.endpoint.maintenance_db
+        return connect(self.endpoint, dbname)
+
     def prepare_target(self, name: str, properties: dict[str, Any], *, clean: bool) -> None:
-        """Create the target database; an existing one must be empty or ``clean`` given."""
-        if self.database_exists(name):
-            if not clean and not self.database_is_empty(name):
+        """Create the target; an existing one is reused if empty, recreated with ``clean``."""
+        exists = self.database_exists(name)
+        if exists and not clean:
+            if not self.database_is_empty(name):
                 raise CannotCreateError(
                     f"database {name!r} already exists and is not empty",
                     hint="restore into a new name with --target-db NAME, or pass --clean to drop "
                     "and recreate it",
                 )
-            with self._admin() as conn:
-                log.info("dropping database %s before restoring it", name)
+            with self._admin_avoiding(name) as conn:
+                self._apply_database_properties(conn, name, properties)
+            return
+        with self._admin_avoiding(name) as conn:
+            if exists:
+                log.info("dropping database %s before restoring it (--clean)", name)
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        with self._admin() as conn:
             create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
             if properties.get("encoding"):
                 create += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
@@ -184,7 +193,14 @@ class PgRestore:
         return problems
 
     def restore_archive(self, target: str, section: str, source: Source, *, jobs: int = 1) -> None:
-        """Feed a pg_dump custom-format section to pg_restore in one transaction."""
+        """Feed a pg_dump custom-format section to pg_restore in one transaction.
+
+        With ``jobs > 1`` (post-data: index builds) pg_restore needs a seekable
+        file, so the small section is staged in a private 0600 file first.
+        """
+        if jobs > 1:
+            self._restore_archive_parallel(target, section, source, jobs)
+            return
         argv = [
             str(self.bindir / "pg_restore"),
             "--no-password",
@@ -213,6 +229,26 @@ class PgRestore:
                 child.kill()
                 raise
             child.check(timeout=self.deadline(), context=context)
+
+    def _restore_archive_parallel(self, target: str, section: str, source: Source, jobs: int) -> None:
+        with fsutil.private_workdir("pg_restore") as workdir:
+            staged = workdir / f"{section}.pgdump"
+            with fsutil.open_private_file(staged) as handle:
+                for chunk in iter_chunks(source):
+                    handle.write(chunk)
+            argv = [
+                str(self.bindir / "pg_restore"),
+                "--no-password",
+                "--exit-on-error",
+                f"--jobs={jobs}",
+                f"--dbname={conninfo_dbname(target)}",
+                str(staged),
+            ]
+            env = execute.child_environment(child_env(self.endpoint, target))
+            with execute.Child(
+                argv, env=env, deadline=self.deadline(), stdout=execute.DEVNULL, label="pg_restore"
+            ) as child:
+                child.check(timeout=self.deadline(), context=f"restoring {section} of {target}")
 
     def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
         """COPY one table's rows in; commit only after ``finish`` proved the checksum."""
