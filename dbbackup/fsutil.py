@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import secrets
 import stat
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dbbackup.errors import (
     CannotCreateError,
@@ -33,6 +34,9 @@ from dbbackup.errors import (
     PermissionDeniedError,
     TemporaryFailure,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -147,12 +151,35 @@ def _open_exclusive(directory: Path, stem: str) -> tuple[int, Path]:
     raise CannotCreateError(f"cannot create a temporary file in {directory}: names keep colliding")
 
 
+class _TranslatingWriter(io.BufferedWriter):
+    """A buffered file whose write errors say which file and what to do (ENOSPC: exit 74).
+
+    A bare OSError escaping a write would otherwise surface as an internal error.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        super().__init__(io.FileIO(fd, "wb"), buffer_size=1 << 20)
+        self._target = path
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise os_error_to_failure(exc, "write", self._target) from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise os_error_to_failure(exc, "write", self._target) from exc
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """Write ``path`` atomically; on any exception the destination is untouched."""
     directory = path.parent
     fd, tmp = _open_exclusive(directory, path.name)
-    handle = os.fdopen(fd, "wb", buffering=1 << 20)
+    handle = _TranslatingWriter(fd, path)
     try:
         yield handle
         try:
@@ -172,7 +199,10 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         except OSError as exc:
             raise os_error_to_failure(exc, "rename into", path) from exc
     except BaseException:
-        handle.close()
+        # Closing flushes what is buffered, which fails again on a full disk;
+        # the first error is the one to report.
+        with contextlib.suppress(OSError, DbBackupError):
+            handle.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
