@@ -129,7 +129,11 @@ class VerifiedReader:
         self.plain_bytes = 0
 
     def read(self, size: int = CHUNK) -> bytes:
-        data = self._plain.read(size)
+        try:
+            data = self._plain.read(size)
+        except DataError as exc:
+            # The decompressor knows what broke, not which object it was reading.
+            raise DataError(f"{self._key}: {exc.message}", hint=exc.hint) from exc
         if data:
             self.plain_bytes += len(data)
             return data
