@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from dbbackup import backupset, objects
+from dbbackup import backupset, fsutil, objects
 from dbbackup import log as dblog
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
@@ -18,6 +18,7 @@ from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.catalog import SetSummary
 from dbbackup.engines.base import DumpTask, Engine
 from dbbackup.errors import DbBackupError, InputMissingError, UsageError
+from dbbackup.hooks import run_hook
 from dbbackup.pipeline.compress import file_suffix, validate_level
 
 log = logging.getLogger("dbbackup.backup")
@@ -238,8 +239,44 @@ class _CountingSink:
 
 
 def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> Manifest:
+    """One backup of the instance at a time (flock), wrapped in the user's hooks."""
+    settings = runtime.settings
+    hooks = settings.hooks
+    fields = {
+        "instance": runtime.instance,
+        "databases": ",".join(request.databases) or ("*" if request.all_databases else ""),
+        "repository": runtime.storage.url,
+    }
+    lock_path = fsutil.runtime_dir() / f"backup-{runtime.instance}.lock"
     try:
-        return BackupRun(runtime, request, progress).execute()
+        with fsutil.file_lock(lock_path, wait=settings.backup.lock_wait, what=f"instance {runtime.instance}"):
+            run_hook(
+                "before_backup", hooks.before_backup, timeout=hooks.timeout, fields=fields, required=True
+            )
+            try:
+                manifest = BackupRun(runtime, request, progress).execute()
+            except DbBackupError as exc:
+                failed = {
+                    **fields,
+                    "status": "failure",
+                    "error": exc.message,
+                    "exit_code": str(exc.exit_code),
+                }
+                run_hook("on_failure", hooks.on_failure, timeout=hooks.timeout, fields=failed, required=False)
+                run_hook(
+                    "after_backup", hooks.after_backup, timeout=hooks.timeout, fields=failed, required=False
+                )
+                raise
+            done = {
+                **fields,
+                "status": "success",
+                "set_id": manifest.id,
+                "exit_code": "0",
+                "databases": ",".join(db.name for db in manifest.databases),
+            }
+            run_hook("on_success", hooks.on_success, timeout=hooks.timeout, fields=done, required=False)
+            run_hook("after_backup", hooks.after_backup, timeout=hooks.timeout, fields=done, required=False)
+            return manifest
     except DbBackupError as exc:
         log.error(
             "backup failed: %s",

@@ -24,6 +24,7 @@ from dbbackup.actions.sets import resolve_set
 from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.engines.base import Engine
 from dbbackup.errors import EX_OK, DataError, DbBackupError, UsageError
+from dbbackup.hooks import run_hook
 
 log = logging.getLogger("dbbackup.restore")
 
@@ -298,20 +299,71 @@ class _ProgressReader:
 
 
 def run_restore(runtime: Runtime, request: RestoreRequest, progress: Progress) -> RestoreReport:
+    hooks = runtime.settings.hooks
+    fields = {
+        "instance": runtime.instance,
+        "databases": ",".join(request.databases),
+        "set_id": request.set_ref,
+        "repository": runtime.storage.url,
+    }
     try:
+        if not request.dry_run:
+            run_hook(
+                "before_restore", hooks.before_restore, timeout=hooks.timeout, fields=fields, required=True
+            )
         report = RestoreRun(runtime, request, progress).execute()
     except DbBackupError as exc:
         log.error(
-            "restore failed: %s",
-            exc.message,
-            extra={"event": "restore_failed", "exit_code": exc.exit_code},
+            "restore failed: %s", exc.message, extra={"event": "restore_failed", "exit_code": exc.exit_code}
         )
+        if not request.dry_run:
+            failed = {**fields, "status": "failure", "error": exc.message, "exit_code": str(exc.exit_code)}
+            run_hook(
+                "on_restore_failure",
+                hooks.on_restore_failure,
+                timeout=hooks.timeout,
+                fields=failed,
+                required=False,
+            )
+            run_hook(
+                "after_restore", hooks.after_restore, timeout=hooks.timeout, fields=failed, required=False
+            )
         raise
     finally:
         progress.close()
-    if report.exit_code != EX_OK:
+    if request.dry_run:
+        return report
+    ok = report.exit_code == EX_OK
+    outcome = {
+        **fields,
+        "set_id": report.set_id,
+        "status": "success" if ok else "failure",
+        "exit_code": str(report.exit_code),
+        "databases": ",".join(o.database for o in report.databases),
+    }
+    if not ok:
+        reasons = "; ".join(f"{o.database}: {o.reason}" for o in report.databases if o.status == "failed")
+        outcome["error"] = reasons
         log.error(
-            "restore finished with failures",
+            "restore finished with failures: %s",
+            reasons,
             extra={"event": "restore_failed", "exit_code": report.exit_code},
         )
+        run_hook(
+            "on_restore_failure",
+            hooks.on_restore_failure,
+            timeout=hooks.timeout,
+            fields=outcome,
+            required=False,
+        )
+    else:
+        log.info("restore finished", extra={"event": "restore_succeeded"})
+        run_hook(
+            "on_restore_success",
+            hooks.on_restore_success,
+            timeout=hooks.timeout,
+            fields=outcome,
+            required=False,
+        )
+    run_hook("after_restore", hooks.after_restore, timeout=hooks.timeout, fields=outcome, required=False)
     return report

@@ -70,12 +70,34 @@ class BackupSettings:
     timezone: str = setting("local", TimeZone(), "Zone of the timestamps in backup set names.")
     jobs: int = setting(2, Integer(1), "Dumps run in parallel.")
     timeout: float = setting("24h", Duration(), "Deadline for one backup run.")
+    lock_wait: float = setting(
+        "10min", Duration(), "How long a backup waits for another backup of the instance; then exit 75."
+    )
 
 
 @dataclass(frozen=True)
 class RestoreSettings:
     jobs: int = setting(2, Integer(1), "Restore workers run in parallel.")
     timeout: float = setting("24h", Duration(), "Deadline for one restore run.")
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    before_backup: tuple[str, ...] = setting(
+        [], TextList(), "Command (argv list, no shell) run before a backup; failing aborts it."
+    )
+    after_backup: tuple[str, ...] = setting([], TextList(), "Command run after every backup.")
+    on_success: tuple[str, ...] = setting([], TextList(), "Command run after a successful backup.")
+    on_failure: tuple[str, ...] = setting([], TextList(), "Command run after a failed backup.")
+    before_restore: tuple[str, ...] = setting(
+        [], TextList(), "Command run before a restore; failing aborts it."
+    )
+    after_restore: tuple[str, ...] = setting([], TextList(), "Command run after every restore.")
+    on_restore_success: tuple[str, ...] = setting(
+        [], TextList(), "Command run after a successful restore."
+    )
+    on_restore_failure: tuple[str, ...] = setting([], TextList(), "Command run after a failed restore.")
+    timeout: float = setting("5min", Duration(), "Deadline for each hook command; it is killed after.")
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,9 @@ class Settings:
     )
     restore: RestoreSettings = field(
         default_factory=RestoreSettings, metadata=section_doc("How restores run.")
+    )
+    hooks: HooksSettings = field(
+        default_factory=HooksSettings, metadata=section_doc("Commands run around backups and restores.")
     )
     log: LogSettings = field(default_factory=LogSettings, metadata=section_doc("Logging."))
     catalog: CatalogSettings = field(
