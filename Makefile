@@ -13,20 +13,25 @@ all: lint test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@# journald support needs libsystemd headers to build; optional at runtime.
-	-$(PY) -m pip install --quiet --disable-pip-version-check -e '.[journald]' 2>/dev/null
+	@# The journald extra builds against libsystemd-dev (scripts/system-deps installs it).
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,journald]'
 	touch $@
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	$(PY) scripts/demo.py
 
 system-deps:
 	scripts/system-deps
 
-test: system-deps $(STAMP)
+test: system-deps
+	$(MAKE) $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-only: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import errno
 import io
 import json
 import logging
@@ -20,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from harness.journal import fake_journal, parse_native
 
 from dbbackup.errors import ConfigError, DbBackupError
 from dbbackup.log import (
@@ -32,7 +32,6 @@ from dbbackup.log import (
 
 pytestmark = pytest.mark.timeout(30)
 
-JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
 
 @pytest.fixture(autouse=True)
@@ -326,54 +325,11 @@ def test_foreign_journal_stream_keeps_console_output(monkeypatch: pytest.MonkeyP
     assert json_lines(stream)[0]["message"] == "console"
 
 
-def parse_native(datagram: bytes) -> dict[str, str]:
-    """Decode journald's native protocol: KEY=VALUE lines or KEY\\n<le64 size><data>\\n."""
-    fields: dict[str, str] = {}
-    pos = 0
-    while pos < len(datagram):
-        end = datagram.index(b"\n", pos)
-        line = datagram[pos:end]
-        if b"=" in line:
-            key, value = line.split(b"=", 1)
-            pos = end + 1
-        else:
-            key = line
-            size = int.from_bytes(datagram[end + 1 : end + 9], "little")
-            value = datagram[end + 9 : end + 9 + size]
-            assert datagram[end + 9 + size : end + 10 + size] == b"\n"
-            pos = end + 10 + size
-        fields[key.decode()] = value.decode()
-    return fields
-
-
 @pytest.fixture
 def journal_socket() -> Iterator[socket.socket]:
     """A fake journald: a datagram socket at the path libsystemd sends to."""
-    pytest.importorskip("systemd.journal", reason="systemd-python is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("binding /run/systemd/journal/socket needs root")
-    if JOURNAL_SOCKET.exists():
-        pytest.skip(f"{JOURNAL_SOCKET} exists (a real journald?); not touching it")
-    made_dir = not JOURNAL_SOCKET.parent.exists()
-    JOURNAL_SOCKET.parent.mkdir(parents=True, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(str(JOURNAL_SOCKET))
-    except OSError as exc:
-        sock.close()
-        pytest.skip(f"cannot bind {JOURNAL_SOCKET}: {exc}")
-    sock.settimeout(5)
-    try:
+    with fake_journal() as sock:
         yield sock
-    finally:
-        sock.close()
-        JOURNAL_SOCKET.unlink()
-        if made_dir:
-            try:
-                JOURNAL_SOCKET.parent.rmdir()
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT):
-                    raise
 
 
 def test_journald_receives_native_fields(
