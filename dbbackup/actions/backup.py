@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -17,7 +18,7 @@ from dbbackup.actions.progress import Progress
 from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.catalog import SetSummary
 from dbbackup.engines.base import DumpTask, Engine
-from dbbackup.errors import DbBackupError, InputMissingError, UsageError
+from dbbackup.errors import DbBackupError, InputMissingError, IOFailure, UsageError
 from dbbackup.hooks import run_hook
 from dbbackup.pipeline.compress import file_suffix, validate_level
 
@@ -75,6 +76,9 @@ class BackupRun:
         self.compression = objects.Compression(request.compression, level, threads)
         self.zone_name = settings.backup.timezone
         self.zone = backupset.resolve_zone(self.zone_name)
+        # Set when the run is abandoned (SIGTERM, a failed task): the other dump
+        # workers stop at their next write instead of finishing their table.
+        self.cancelled = threading.Event()
 
     def execute(self) -> Manifest:
         runtime = self.runtime
@@ -196,13 +200,19 @@ class BackupRun:
         results: dict[int, StoredObject] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.request.jobs), thread_name_prefix="dump") as pool:
             futures: dict[Future[StoredObject], int] = {}
-            for task in ordered:
-                index = tasks.index(task)
-                context = contextvars.copy_context()
-                futures[pool.submit(context.run, self._run_task, set_id, directory, task)] = index
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                for task in ordered:
+                    index = tasks.index(task)
+                    context = contextvars.copy_context()
+                    futures[pool.submit(context.run, self._run_task, set_id, directory, task)] = index
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:
+                # Terminated by a signal while waiting: leaving the pool joins its workers.
+                self.cancelled.set()
+                raise
             failed = [f for f in done if f.exception() is not None]
             if failed:
+                self.cancelled.set()
                 for future in pending:
                     future.cancel()
                 wait(pending)
@@ -223,16 +233,19 @@ class BackupRun:
             compression=self.compression,
             table=task.table,
         ) as (sink, done):
-            task.run(_CountingSink(sink, self.progress))
+            task.run(_CountingSink(sink, self.progress, self.cancelled))
         return done[0]
 
 
 class _CountingSink:
-    def __init__(self, sink: objects.ObjectSink, progress: Progress) -> None:
+    def __init__(self, sink: objects.ObjectSink, progress: Progress, cancelled: threading.Event) -> None:
         self._sink = sink
         self._progress = progress
+        self._cancelled = cancelled
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._cancelled.is_set():
+            raise IOFailure("backup abandoned: another part of it failed or it was stopped")
         written = self._sink.write(data)
         self._progress.add_bytes(written)
         return written
