@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -113,8 +114,9 @@ class Child:
         self._timer.start()
 
     @property
-    def stdout(self) -> IO[bytes]:
-        assert self.proc.stdout is not None
+    def stdout(self) -> io.BufferedReader:
+        # Popen wraps a pipe in a BufferedReader; read1() returns whatever is ready.
+        assert isinstance(self.proc.stdout, io.BufferedReader)
         return self.proc.stdout
 
     @property

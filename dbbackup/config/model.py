@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbbackup.config.kinds import Duration, FilePath, Integer, Location, Text, TextList, TimeZone
+from dbbackup.config.kinds import Boolean, Duration, FilePath, Integer, Location, Text, TextList, TimeZone
 from dbbackup.config.schema import KeySpec, Schema, SectionSpec, section_doc, setting
 
 PORT = Integer(0, 65535)
@@ -51,6 +51,9 @@ class ConnectionSettings:
         "", Text(), "Host for dumps and restores when host is a transaction pooler; empty = host."
     )
     direct_port: int = setting(0, PORT, "Port for direct_host; 0 = port.")
+    stall_timeout: float = setting(
+        "10min", Duration(), "A data stream that moves no byte for this long is cut (exit 69); 0 = never."
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,44 @@ class CatalogSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    keep_last: int = setting(0, Integer(0), "Keep the newest N sets; 0 = no such rule.")
+    keep_within: float = setting(
+        "0", Duration(), "Keep every set finished within this time before now; 0 = no such rule."
+    )
+    keep_daily: int = setting(0, Integer(0), "Keep the newest set of each of the last N days with a set.")
+    keep_weekly: int = setting(0, Integer(0), "Keep the newest set of each of the last N ISO weeks with one.")
+    keep_monthly: int = setting(0, Integer(0), "Keep the newest set of each of the last N months with a set.")
+    keep_yearly: int = setting(0, Integer(0), "Keep the newest set of each of the last N years with a set.")
+    min_keep: int = setting(
+        1, Integer(1), "Never keep fewer complete sets than this, whatever the rules say."
+    )
+    auto_cleanup: bool = setting(
+        False, Boolean(), "Apply the policy after each successful backup (the units run cleanup anyway)."
+    )
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    max_backup_age: float = setting(
+        "26h", Duration(), "dbbackup check is CRITICAL when the newest backup is older than this."
+    )
+    alert_webhook: str = setting(
+        "",
+        Text(),
+        "http(s) URL that receives a JSON alert (POST) when a backup is overdue or fails; empty = none.",
+        secret=True,
+    )
+    alert_timeout: float = setting("10s", Duration(), "Longest wait for the webhook to answer, per attempt.")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = setting("127.0.0.1", Text(), "Address dbbackup serve listens on (IPv4 or IPv6).")
+    port: int = setting(9187, PORT, "TCP port of dbbackup serve; 0 = any free port.")
+
+
+@dataclass(frozen=True)
 class Settings:
     instance: str
     engine: str = setting("postgres", Text(ENGINES), "postgres (PostgreSQL) or mysql (MySQL, MariaDB).")
@@ -134,6 +175,16 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings, metadata=section_doc("Logging."))
     catalog: CatalogSettings = field(
         default_factory=CatalogSettings, metadata=section_doc("The index of backup sets.")
+    )
+    retention: RetentionSettings = field(
+        default_factory=RetentionSettings, metadata=section_doc("Which backup sets dbbackup cleanup keeps.")
+    )
+    monitoring: MonitoringSettings = field(
+        default_factory=MonitoringSettings,
+        metadata=section_doc("Backup age limits and alerts (dbbackup check)."),
+    )
+    server: ServerSettings = field(
+        default_factory=ServerSettings, metadata=section_doc("The HTTP endpoints of dbbackup serve.")
     )
 
     @property

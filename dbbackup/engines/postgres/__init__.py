@@ -50,6 +50,7 @@ def endpoint_from_settings(connection: Any, *, password: str | None, passfile: P
         statement_timeout=connection.statement_timeout,
         lock_timeout=connection.lock_timeout,
         idle_timeout=connection.idle_timeout,
+        stall_timeout=connection.stall_timeout,
         password=password,
         passfile=passfile,
     )

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class PgEndpoint:
     statement_timeout: float
     lock_timeout: float
     idle_timeout: float
+    stall_timeout: float = 600.0
     password: str | None = None
     passfile: Path | None = None
 
@@ -87,6 +89,12 @@ def connect(endpoint: PgEndpoint, dbname: str, *, autocommit: bool = True) -> ps
         "connect_timeout": max(1, int(endpoint.connect_timeout)),
         "application_name": APPLICATION_NAME,
         "autocommit": autocommit,
+        # A peer that vanished (host down, network cut) is noticed within about a minute.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,
     }
     if endpoint.user:
         kwargs["user"] = endpoint.user
@@ -208,7 +216,8 @@ def detect_pooler(endpoint: PgEndpoint, conn: psycopg.Connection[Any]) -> str | 
     A proxy shows because the server reports another port than the one we
     dialled (or a TCP port while we came in over a socket). Only then is
     PgBouncer's admin database asked for its version, so that a plain server
-    never logs a failed login.
+    never logs a failed login; a plain TCP proxy (port mapping, tunnel) is
+    recognised by PostgreSQL itself answering that request, and is fine.
     """
     try:
         with conn.transaction():
@@ -236,9 +245,12 @@ def detect_pooler(endpoint: PgEndpoint, conn: psycopg.Connection[Any]) -> str | 
         )
     except psycopg.Error as exc:
         text = str(exc).lower()
-        if "not allowed" in text or ("pgbouncer" in text and "does not exist" not in text):
+        # PostgreSQL itself answered (through a plain TCP proxy or port mapping): no pooler.
+        if 'database "pgbouncer"' in text or "pg_hba.conf" in text:
+            return None
+        if "not allowed" in text or "no such database" in text or "pgbouncer" in text:
             return "PgBouncer"
-        return f"a connection pooler or proxy (the server listens on port {server_port})"
+        return None
     try:
         version = admin.execute("SHOW VERSION").fetchone()
         return str(version[0]) if version else "PgBouncer"
@@ -277,3 +289,26 @@ def translated_errors(context: str) -> Iterator[None]:
         if kind is PermissionDeniedError:
             raise PermissionDeniedError(f"{context}: {first}") from exc
         raise IOFailure(f"{context}: {first}") from exc
+
+
+def cut_connection(conn: psycopg.Connection[Any]) -> None:
+    """Shut the connection's socket so a read blocked on a silent peer fails at once."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def stall_error(where: str, timeout: float) -> DbBackupError:
+    return ServiceUnavailableError(
+        f"{where}: no data moved for {timeout:g} s; the server, pooler or network stopped answering",
+        hint="check the server and the network; raise connection.stall_timeout if this table "
+        "legitimately pauses that long",
+    )

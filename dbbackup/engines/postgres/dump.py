@@ -20,8 +20,15 @@ from psycopg import sql
 from dbbackup import execute
 from dbbackup.backupset import TableRef
 from dbbackup.engines.base import DatabaseDump, DumpTask, Sink
-from dbbackup.engines.postgres.connection import PgEndpoint, child_env, connect
+from dbbackup.engines.postgres.connection import (
+    PgEndpoint,
+    child_env,
+    connect,
+    cut_connection,
+    stall_error,
+)
 from dbbackup.errors import DataError, DbBackupError, IOFailure, ServiceUnavailableError
+from dbbackup.stall import StallGuard
 
 log = logging.getLogger("dbbackup.postgres")
 
@@ -158,8 +165,8 @@ class PgDump:
             )
             yield dump
         finally:
-            with contextlib.suppress(psycopg.Error):
-                control.rollback()
+            # Closing ends the read-only transaction server-side; an explicit
+            # ROLLBACK could block on a peer that stopped answering.
             control.close()
 
     def _properties(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -192,13 +199,20 @@ class PgDump:
                 *extra,
             ]
             env = execute.child_environment(child_env(self.endpoint, self.database))
+            what = f"pg_dump of {self.database}"
             with execute.Child(argv, env=env, deadline=self.deadline(), label="pg_dump") as child:
+                guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
                 try:
-                    while chunk := child.stdout.read(COPY_BATCH):
-                        sink.write(chunk)
+                    with guard:
+                        while chunk := child.stdout.read1(COPY_BATCH):
+                            guard.touch()
+                            sink.write(chunk)
                 except BaseException:
                     child.kill()
                     raise
+                if guard.stalled:
+                    child.wait()
+                    raise stall_error(what, guard.timeout)
                 child.check(context=f"dumping {self.database}")
 
         return run
@@ -212,21 +226,21 @@ class PgDump:
             if not table.columns:
                 statement = sql.SQL("COPY {} TO STDOUT").format(qualified(table.schema, table.name))
             conn = connect(self.endpoint, self.database, autocommit=False)
+            guard = StallGuard(
+                self.endpoint.stall_timeout,
+                lambda: cut_connection(conn),
+                what=f"{self.database}: COPY of {table.schema}.{table.name}",
+            )
             try:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
                 conn.execute("SET row_security = off")
-                batch = bytearray()
-                with conn.cursor() as cur, cur.copy(statement) as copy:
-                    for row in copy:
-                        batch += row
-                        if len(batch) >= COPY_BATCH:
-                            sink.write(batch)
-                            batch.clear()
-                if batch:
-                    sink.write(batch)
+                with guard:
+                    copy_rows(conn, statement, sink, guard)
                 conn.rollback()
             except psycopg.Error as exc:
+                if guard.stalled:
+                    raise stall_error(guard.what, guard.timeout) from exc
                 raise copy_error(self.database, table, exc) from exc
             finally:
                 conn.close()
@@ -255,6 +269,26 @@ class PgDump:
             sink.write(script)
 
         return run
+
+
+def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed, sink: Sink, guard: StallGuard) -> None:
+    """Stream COPY rows into ``sink`` in ~1 MiB writes; a huge row goes through uncopied."""
+    batch = bytearray()
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in copy:
+            guard.touch()
+            if len(row) >= COPY_BATCH:
+                if batch:
+                    sink.write(batch)
+                    batch.clear()
+                sink.write(row)
+                continue
+            batch += row
+            if len(batch) >= COPY_BATCH:
+                sink.write(batch)
+                batch.clear()
+    if batch:
+        sink.write(batch)
 
 
 def copy_error(database: str, table: TableRef, exc: psycopg.Error) -> DbBackupError:

@@ -17,7 +17,13 @@ from psycopg import sql
 from dbbackup import execute, fsutil
 from dbbackup.backupset import TableRef
 from dbbackup.engines.base import Source, iter_chunks
-from dbbackup.engines.postgres.connection import PgEndpoint, child_env, connect
+from dbbackup.engines.postgres.connection import (
+    PgEndpoint,
+    child_env,
+    connect,
+    cut_connection,
+    stall_error,
+)
 from dbbackup.engines.postgres.dump import qualified
 from dbbackup.errors import (
     CannotCreateError,
@@ -26,6 +32,7 @@ from dbbackup.errors import (
     IOFailure,
     ServiceUnavailableError,
 )
+from dbbackup.stall import StallGuard
 
 log = logging.getLogger("dbbackup.postgres")
 
@@ -258,15 +265,23 @@ class PgRestore:
             statement = sql.SQL("COPY {} FROM STDIN").format(qualified(table.schema, table.name))
         written = 0
         conn = connect(self.endpoint, target, autocommit=False)
+        guard = StallGuard(
+            self.endpoint.stall_timeout,
+            lambda: cut_connection(conn),
+            what=f"{target}: COPY into {table.schema}.{table.name}",
+        )
         try:
             conn.execute("SET synchronous_commit = off")
-            with conn.cursor() as cur, cur.copy(statement) as copy:
+            with guard, conn.cursor() as cur, cur.copy(statement) as copy:
                 for chunk in iter_chunks(source):
                     copy.write(chunk)
+                    guard.touch()
                     written += len(chunk)
                 finish()
             conn.commit()
         except psycopg.Error as exc:
+            if guard.stalled:
+                raise stall_error(guard.what, guard.timeout) from exc
             raise table_load_error(target, table, exc) from exc
         finally:
             conn.close()
