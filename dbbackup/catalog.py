@@ -39,7 +39,7 @@ from dbbackup.errors import (
     UsageError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REBUILD_HINT = "the catalog is only a cache of the manifests: run `dbbackup catalog rebuild`"
 
 _T = TypeVar("_T")
@@ -90,8 +90,39 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX set_databases_by_name ON set_databases (name, set_id)")
 
 
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    # History that outlives the sets (retention deletes them): every backup run,
+    # failed or not, and every verification, for metrics and `dbbackup check`.
+    conn.execute(
+        """CREATE TABLE runs (
+            instance TEXT NOT NULL,
+            databases TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            finished_epoch REAL NOT NULL,
+            error TEXT NOT NULL,
+            set_id TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX runs_by_instance_time ON runs (instance, ok, finished_epoch)")
+    conn.execute("CREATE UNIQUE INDEX runs_by_set ON runs (set_id) WHERE set_id IS NOT NULL")
+    conn.execute(
+        """CREATE TABLE verifications (
+            set_id TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            databases TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            finished_at TEXT NOT NULL,
+            finished_epoch REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX verifications_by_instance_time ON verifications (instance, finished_epoch)")
+
+
 # MIGRATIONS[n] upgrades a catalog from user_version n to n + 1.
-MIGRATIONS: Mapping[int, Callable[[sqlite3.Connection], None]] = {0: _schema_v1}
+MIGRATIONS: Mapping[int, Callable[[sqlite3.Connection], None]] = {0: _schema_v1, 1: _schema_v2}
 
 
 @dataclass(frozen=True)
@@ -155,6 +186,52 @@ class SetSummary:
 
 
 _TEXT_FIELDS = ("id", "instance", "kind", "engine", "started_at", "finished_at", "location")
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Backup runs of one instance with the same outcome and database list."""
+
+    databases: tuple[str, ...]
+    ok: bool
+    count: int
+    last_finished_epoch: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    instance: str
+    databases: tuple[str, ...]
+    ok: bool
+    started_at: str
+    finished_at: str
+    finished_epoch: float
+    error: str
+    set_id: str | None
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    set_id: str
+    databases: tuple[str, ...]
+    mode: str
+    ok: bool
+    finished_at: str
+    finished_epoch: float
+
+
+def _iso_and_epoch(moment: datetime | str, what: str) -> tuple[str, float]:
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            raise InternalError(f"{what} must carry a UTC offset")
+        return moment.isoformat(timespec="seconds"), moment.timestamp()
+    try:
+        parsed = datetime.fromisoformat(moment)
+    except ValueError as exc:
+        raise InternalError(f"{what} {moment!r} is not an ISO 8601 time") from exc
+    if parsed.tzinfo is None:
+        raise InternalError(f"{what} {moment!r} must carry a UTC offset")
+    return moment, parsed.timestamp()
 
 
 def _started_epoch(summary: SetSummary) -> float:
@@ -335,6 +412,124 @@ class Catalog:
         rows = self._run(lambda c: c.execute("PRAGMA integrity_check").fetchall(), begin=None)
         return "\n".join(str(row[0]) for row in rows)
 
+    # -- history: runs and verifications ---------------------------------------------------
+
+    def record_run(
+        self,
+        instance: str,
+        databases: Iterable[str],
+        ok: bool,
+        started_at: datetime | str,
+        finished_at: datetime | str,
+        error: str | None = None,
+        *,
+        set_id: str | None = None,
+    ) -> None:
+        """Remember one backup run; ``set_id`` names the set a successful run wrote.
+
+        Times are aware datetimes or ISO 8601 text with an offset. Recording the
+        same ``set_id`` twice keeps the first record.
+        """
+        started_text, _ = _iso_and_epoch(started_at, "started_at")
+        finished_text, finished_epoch = _iso_and_epoch(finished_at, "finished_at")
+        names = json.dumps(list(databases))
+        row = (instance, names, int(ok), started_text, finished_text, finished_epoch, error or "", set_id)
+        self._run(lambda conn: conn.execute(_INSERT_RUN, row), begin="IMMEDIATE")
+
+    def record_verification(
+        self,
+        set_id: str,
+        *,
+        instance: str,
+        databases: Iterable[str],
+        ok: bool,
+        mode: str,
+        finished_at: datetime | str,
+    ) -> None:
+        """Remember the outcome of verifying a set (``mode``: quick, checksum or deep)."""
+        finished_text, finished_epoch = _iso_and_epoch(finished_at, "finished_at")
+        row = (set_id, instance, json.dumps(list(databases)), mode, int(ok), finished_text, finished_epoch)
+        self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO verifications (set_id, instance, databases, mode, ok, finished_at,"
+                " finished_epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            ),
+            begin="IMMEDIATE",
+        )
+
+    def expire(self, set_id: str) -> None:
+        """Forget a set deleted by retention, keeping it in the run history.
+
+        A set found by ``catalog sync`` has no run record yet; one is added so
+        that counts of successful backups never go down when sets are deleted.
+        """
+
+        def body(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT instance, databases, started_at, finished_at, started_epoch FROM sets WHERE id = ?",
+                (set_id,),
+            ).fetchone()
+            if row is not None:
+                instance, names, started_at, finished_at, started_epoch = row
+                try:
+                    finished_epoch = datetime.fromisoformat(finished_at).timestamp()
+                except ValueError:
+                    finished_epoch = started_epoch
+                run = (instance, names, 1, started_at, finished_at, finished_epoch, "", set_id)
+                conn.execute(_INSERT_RUN, run)
+            conn.execute("DELETE FROM sets WHERE id = ?", (set_id,))
+
+        self._run(body, begin="IMMEDIATE")
+
+    def count(self, *, instance: str | None = None) -> int:
+        """How many sets the catalog holds (of ``instance``, if given)."""
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM sets WHERE (:instance IS NULL OR instance = :instance)",
+                {"instance": instance},
+            ).fetchone(),
+            begin=None,
+        )
+        return int(row[0])
+
+    def newest_per_database(self, instance: str) -> dict[str, SetSummary]:
+        """Database name -> the newest set of ``instance`` that holds it."""
+        rows = self._run(lambda conn: conn.execute(_NEWEST_PER_DB, (instance,)).fetchall(), begin=None)
+        return {str(row[0]): _summary(row[1:]) for row in rows}
+
+    def run_groups(self, instance: str) -> tuple[RunGroup, ...]:
+        """Recorded runs, plus catalogued sets no run recorded, grouped by outcome and databases."""
+        rows = self._run(lambda conn: conn.execute(_RUN_GROUPS, (instance, instance)).fetchall(), begin=None)
+        return tuple(RunGroup(tuple(json.loads(r[0])), bool(r[1]), int(r[2]), float(r[3])) for r in rows)
+
+    def last_run(self, instance: str, *, ok: bool | None = None) -> RunRecord | None:
+        """The most recently finished recorded run (successful or failed only, if ``ok`` is given)."""
+        params = {"instance": instance, "ok": None if ok is None else int(ok)}
+        row = self._run(lambda conn: conn.execute(_LAST_RUN, params).fetchone(), begin=None)
+        if row is None:
+            return None
+        instance_name, names, succeeded, started_at, finished_at, epoch, error, set_id = row
+        return RunRecord(
+            instance_name,
+            tuple(json.loads(names)),
+            bool(succeeded),
+            started_at,
+            finished_at,
+            float(epoch),
+            error,
+            set_id,
+        )
+
+    def verifications(self, instance: str, *, newest_only: bool = False) -> tuple[VerificationRecord, ...]:
+        """Verifications of the instance's sets, newest first."""
+        query = _VERIFICATIONS + (" LIMIT 1" if newest_only else "")
+        rows = self._run(lambda conn: conn.execute(query, (instance,)).fetchall(), begin=None)
+        return tuple(
+            VerificationRecord(r[0], tuple(json.loads(r[1])), r[2], bool(r[3]), r[4], float(r[5]))
+            for r in rows
+        )
+
     # -- transactions --------------------------------------------------------------------
 
     def _prepare_connection(self, conn: sqlite3.Connection) -> None:
@@ -453,6 +648,32 @@ _FILTER = (
 _LIST_QUERY = _SELECT_SETS + _FILTER + " ORDER BY started_epoch, id"
 _LATEST_QUERY = _SELECT_SETS + _FILTER + " ORDER BY started_epoch DESC, id DESC LIMIT 1"
 _PREFIX_QUERY = _SELECT_SETS + " WHERE substr(id, 1, ?) = ? ORDER BY started_epoch, id"
+
+
+_NEWEST_PER_DB = (
+    # SQLite takes the bare columns from the row that holds MAX(): the newest set per name.
+    "SELECT d.name, s.id, s.instance, s.kind, s.engine, s.databases, s.started_at, s.finished_at,"
+    " s.stored_bytes, s.encrypted, s.location, MAX(s.started_epoch) FROM sets s"
+    " JOIN set_databases d ON d.set_id = s.id WHERE s.instance = ? GROUP BY d.name"
+)
+_RUN_GROUPS = (
+    "SELECT databases, ok, COUNT(*), MAX(finished_epoch) FROM runs WHERE instance = ?"
+    " GROUP BY databases, ok"
+    " UNION ALL SELECT databases, 1, COUNT(*), MAX(started_epoch) FROM sets WHERE instance = ?"
+    " AND id NOT IN (SELECT set_id FROM runs WHERE set_id IS NOT NULL) GROUP BY databases"
+)
+_LAST_RUN = (
+    "SELECT instance, databases, ok, started_at, finished_at, finished_epoch, error, set_id FROM runs"
+    " WHERE instance = :instance AND (:ok IS NULL OR ok = :ok) ORDER BY finished_epoch DESC LIMIT 1"
+)
+_VERIFICATIONS = (
+    "SELECT set_id, databases, mode, ok, finished_at, finished_epoch FROM verifications"
+    " WHERE instance = ? ORDER BY finished_epoch DESC, rowid DESC"
+)
+_INSERT_RUN = (
+    "INSERT OR IGNORE INTO runs (instance, databases, ok, started_at, finished_at, finished_epoch,"
+    " error, set_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _insert(conn: sqlite3.Connection, summary: SetSummary) -> None:
