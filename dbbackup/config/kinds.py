@@ -12,8 +12,10 @@ import datetime
 import difflib
 import json
 import re
+import tomllib
 import zoneinfo
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -284,3 +286,114 @@ class TimeZone(ValueKind):
             hint = suggest(value, sorted(zoneinfo.available_timezones()))
             raise ValueProblem(f"must be {self.allowed()}{hint}") from None
         return value
+
+
+_AGE_RECIPIENT = re.compile(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}")
+
+
+@dataclass(frozen=True)
+class Recipients(ValueKind):
+    """age recipients (``age1...``) or absolute paths of files listing them; checked fully when used."""
+
+    type_name: ClassVar[str] = "list of recipients"
+
+    def allowed(self) -> str:
+        return "an array of age recipients (age1...) or absolute paths of recipient files"
+
+    def from_toml(self, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            raise self._mismatch(value)
+        for item in value:
+            if not isinstance(item, str) or not (item.startswith("/") or _AGE_RECIPIENT.fullmatch(item)):
+                raise ValueProblem(f"must be {self.allowed()}")
+        return tuple(dict.fromkeys(value))
+
+    def from_text(self, text: str) -> object:
+        return self.from_toml([item.strip() for item in text.split(",") if item.strip()])
+
+
+@dataclass(frozen=True)
+class DatabaseRecipients:
+    """The per-database override of ``[encryption.databases.<name>]``."""
+
+    recipients: tuple[str, ...]
+
+
+class FrozenTables(Mapping[str, DatabaseRecipients]):
+    """A read-only, hashable mapping, so settings stay immutable and it may be a default."""
+
+    def __init__(self, tables: Mapping[str, DatabaseRecipients]) -> None:
+        self._tables = dict(tables)
+
+    def __getitem__(self, name: str) -> DatabaseRecipients:
+        return self._tables[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._tables.items())))
+
+    def __repr__(self) -> str:
+        return f"FrozenTables({self._tables!r})"
+
+
+@dataclass(frozen=True)
+class PerDatabase(ValueKind):
+    """Sub-tables ``[encryption.databases.<name>]`` with the keys of :class:`DatabaseRecipients`.
+
+    From the environment the value is a TOML inline table:
+    ``{ app = { recipients = ["age1..."] } }``.
+    """
+
+    type_name: ClassVar[str] = "table of tables"
+    _KEYS: ClassVar[tuple[str, ...]] = ("recipients",)
+
+    def allowed(self) -> str:
+        return 'tables [encryption.databases.<name>] with the key "recipients"'
+
+    def summary(self) -> str:
+        return 'one table per database, [encryption.databases.NAME], with recipients = [...]'
+
+    def from_toml(self, value: object) -> object:
+        if not isinstance(value, dict):
+            raise self._mismatch(value)
+        result: dict[str, DatabaseRecipients] = {}
+        for name, table in value.items():
+            where = f"[encryption.databases.{toml_literal(name) if not _BARE.fullmatch(name) else name}]"
+            if not isinstance(table, dict):
+                raise ValueProblem(f"{where} must be a table, not {describe_type(table)}")
+            unknown = [key for key in table if key not in self._KEYS]
+            if unknown:
+                raise ValueProblem(
+                    f'unknown key "{unknown[0]}" in {where}{suggest(unknown[0], self._KEYS)}; '
+                    f"valid keys: {', '.join(self._KEYS)}"
+                )
+            if "recipients" not in table:
+                raise ValueProblem(f'{where} needs the key "recipients"')
+            try:
+                recipients = Recipients().from_toml(table["recipients"])
+            except ValueProblem as exc:
+                raise ValueProblem(f"{where} recipients: {exc}") from None
+            assert isinstance(recipients, tuple)
+            result[name] = DatabaseRecipients(recipients)
+        return FrozenTables(result)
+
+    def from_text(self, text: str) -> object:
+        try:
+            parsed = tomllib.loads(f"value = {text}")
+        except tomllib.TOMLDecodeError:
+            example = "{ app = { recipients = [...] } }"
+            raise ValueProblem(f"must be a TOML inline table such as {example}") from None
+        return self.from_toml(parsed["value"])
+
+    def to_toml(self, value: object) -> str:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"per-database value must be a dict, got {value!r}")
+        return toml_literal({name: {"recipients": list(db.recipients)} for name, db in value.items()})
+
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")

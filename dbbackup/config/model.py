@@ -7,10 +7,23 @@ add a section, write its class and add one field to ``Settings`` whose metadata 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbbackup.config.kinds import Boolean, Duration, FilePath, Integer, Location, Text, TextList, TimeZone
+from dbbackup.config.kinds import (
+    Boolean,
+    DatabaseRecipients,
+    Duration,
+    FilePath,
+    Integer,
+    Location,
+    PerDatabase,
+    Recipients,
+    Text,
+    TextList,
+    TimeZone,
+)
 from dbbackup.config.schema import KeySpec, Schema, SectionSpec, section_doc, setting
 
 PORT = Integer(0, 65535)
@@ -154,6 +167,23 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class EncryptionSettings:
+    recipients: tuple[str, ...] = setting(
+        [], Recipients(), "age recipients (age1...) or recipient files every object is encrypted to."
+    )
+    identity_file: str = setting(
+        "", FilePath(), "age identity file (AGE-SECRET-KEY-1...) that opens sets for restore and verify."
+    )
+    passphrase_file: str = setting(
+        "", FilePath(), "Encrypt to the passphrase on this file's first line instead (scrypt); mode 0600."
+    )
+    require: bool = setting(False, Boolean(), "Refuse to store anything unencrypted (exit 78).")
+    databases: Mapping[str, DatabaseRecipients] = setting(
+        {}, PerDatabase(), "Per-database recipients: [encryption.databases.NAME] recipients = [...]."
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     instance: str
     engine: str = setting("postgres", Text(ENGINES), "postgres (PostgreSQL) or mysql (MySQL, MariaDB).")
@@ -185,6 +215,10 @@ class Settings:
     )
     server: ServerSettings = field(
         default_factory=ServerSettings, metadata=section_doc("The HTTP endpoints of dbbackup serve.")
+    )
+    encryption: EncryptionSettings = field(
+        default_factory=EncryptionSettings,
+        metadata=section_doc("age encryption of stored objects, per database if needed."),
     )
 
     @property
