@@ -9,7 +9,10 @@ Resolution order (first hit wins), documented in dbbackup(8):
    world-readable).
 3. A systemd credential named ``db-password`` in ``$CREDENTIALS_DIRECTORY``
    (``LoadCredential=db-password:/etc/dbbackup/secret``).
-4. The client library's own sources: ``PGPASSWORD``/``PGPASSFILE``/``~/.pgpass``
+4. The keyring entry ``db-password`` of the instance (``dbbackup secret set db-password``).
+5. With ``--ask-password``, a prompt on the terminal; without a terminal the run
+   stops with exit 77 instead of waiting.
+6. The client library's own sources: ``PGPASSWORD``/``PGPASSFILE``/``~/.pgpass``
    for PostgreSQL, option files for MySQL.
 
 A resolved password is registered so it is redacted from every log line and
@@ -21,10 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import stat
+import sys
+import termios
 from collections.abc import Sequence
 from pathlib import Path
 
+from dbbackup import secrets_store
 from dbbackup.errors import (
     DbBackupError,
     InputMissingError,
@@ -34,8 +41,10 @@ from dbbackup.errors import (
 )
 
 CREDENTIAL_NAME = "db-password"
+PROMPT_TIMEOUT = 300.0
 
 _known: set[str] = set()
+_prompt_allowed = False
 
 
 def register(secret: str) -> None:
@@ -82,17 +91,75 @@ def _read_secret_file(path: Path, what: str) -> str:
     return first.rstrip("\r\n")
 
 
-def resolve_password(*, configured: str, password_file: str) -> str | None:
+def allow_prompt(allowed: bool) -> None:
+    """``--ask-password``: secrets missing from every other source may be asked for."""
+    global _prompt_allowed
+    _prompt_allowed = allowed
+
+
+def systemd_credential(name: str, *, whole: bool = False) -> str | None:
+    """``$CREDENTIALS_DIRECTORY/name``: its first line (or ``whole`` text), if it exists."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir:
+        return None
+    candidate = Path(cred_dir) / name
+    if not candidate.exists():
+        return None
+    if not whole:
+        return _read_secret_file(candidate, "systemd credential")
+    _read_secret_file(candidate, "systemd credential")  # the same mode checks
+    return candidate.read_text(encoding="utf-8")
+
+
+def prompt_secret(prompt: str) -> str | None:
+    """Ask on the terminal without echo, with ``--ask-password`` only; ``None`` without it.
+
+    Never waits on anything but a terminal: without one this is exit 77.
+    """
+    if not _prompt_allowed:
+        return None
+    if not sys.stdin.isatty():
+        raise PermissionDeniedError(
+            "--ask-password needs a terminal, and standard input is not one",
+            hint=CREDENTIAL_SOURCES_HINT,
+        )
+    answer = _read_hidden(sys.stdin.fileno(), prompt, PROMPT_TIMEOUT)
+    if answer:
+        register(answer)
+    return answer or None
+
+
+def _read_hidden(fd: int, prompt: str, timeout: float) -> str:
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise PermissionDeniedError(f"no answer at the password prompt within {timeout:g} s")
+        line = os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        sys.stderr.write("\n")
+    return line.rstrip("\r\n")
+
+
+def resolve_password(*, configured: str, password_file: str, instance: str = "default") -> str | None:
     """The password dbbackup itself supplies, or ``None`` to let the client decide."""
     password: str | None = None
     if configured:
         password = configured
     elif password_file:
         password = _read_secret_file(Path(password_file), "password file")
-    elif cred_dir := os.environ.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(cred_dir) / CREDENTIAL_NAME
-        if candidate.exists():
-            password = _read_secret_file(candidate, "systemd credential")
+    else:
+        password = (
+            systemd_credential(CREDENTIAL_NAME)
+            or secrets_store.lookup(instance, CREDENTIAL_NAME)
+            or prompt_secret("Password for the database server: ")
+        )
     if password:
         register(password)
         return password
@@ -157,8 +224,8 @@ def classify_client_error(text: str) -> type[DbBackupError] | None:
 
 CREDENTIAL_SOURCES_HINT = (
     "give the password through DBBACKUP_CONNECTION_PASSWORD, connection.password_file, "
-    "a systemd credential named 'db-password', PGPASSWORD or ~/.pgpass "
-    "(see dbbackup(8), PASSWORDS)"
+    "a systemd credential named 'db-password', the keyring (dbbackup secret set db-password), "
+    "--ask-password at a terminal, PGPASSWORD or ~/.pgpass (see dbbackup(8), PASSWORDS)"
 )
 
 
