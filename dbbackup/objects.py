@@ -1,21 +1,22 @@
 """Streaming one object into or out of a backup set.
 
-Write: plaintext -> compress -> sha256 + size -> atomic storage writer.
-Read: storage -> sha256 + size -> decompress -> plaintext, and the checksum is
+Write: plaintext -> compress -> encrypt (age, optional) -> sha256 + size -> atomic storage writer.
+Read: storage -> sha256 + size -> decrypt -> decompress -> plaintext, and the checksum is
 compared with the manifest the moment the stored stream ends.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from dbbackup.backupset import StoredObject, TableRef
-from dbbackup.errors import DataError
+from dbbackup.errors import DataError, PermissionDeniedError
 from dbbackup.pipeline.checksum import HashingReader, HashingWriter
 from dbbackup.pipeline.compress import compressing_writer, decompressing_reader
+from dbbackup.pipeline.crypto import Identity, RecipientGroup, decrypting_reader, encrypting_writer
 from dbbackup.storage.base import Storage
 
 CHUNK = 1 << 20
@@ -50,20 +51,27 @@ def object_writer(
     role: str,
     compression: Compression,
     table: TableRef | None = None,
+    encryption: RecipientGroup | None = None,
 ) -> Iterator[tuple[ObjectSink, list[StoredObject]]]:
     """Yield a sink for plaintext and a list that receives the finished object.
 
     The object is only stored (and the list filled) when the block ends
     without an exception; otherwise no partial object is left under ``key``.
+    With ``encryption`` the compressed stream is encrypted to that group.
     """
     done: list[StoredObject] = []
-    with storage.writer(key) as raw:
+    with storage.writer(key) as raw, contextlib.ExitStack() as stages:
         hashing = HashingWriter(raw)
-        with compressing_writer(
-            compression.algorithm, compression.level, hashing, threads=compression.threads
-        ) as compressed:
-            sink = ObjectSink(compressed)
-            yield sink, done
+        stored: BinaryIO | HashingWriter = hashing
+        if encryption is not None:
+            stored = stages.enter_context(encrypting_writer(hashing, encryption))
+        # Closed first (stages unwind in reverse), so the compressor's end is encrypted too.
+        compressed = stages.enter_context(
+            compressing_writer(compression.algorithm, compression.level, stored, threads=compression.threads)
+        )
+        sink = ObjectSink(compressed)
+        yield sink, done
+        stages.close()
         done.append(
             StoredObject(
                 key=relative_key,
@@ -73,6 +81,7 @@ def object_writer(
                 sha256=hashing.sha256_hex,
                 compression=compression.algorithm,
                 table=table,
+                encryption=encryption.describe() if encryption is not None else None,
             )
         )
 
@@ -117,12 +126,25 @@ def store_bytes(
 
 
 class VerifiedReader:
-    """Plaintext of a stored object; reaching EOF proves its checksum."""
+    """Plaintext of a stored object; reaching EOF proves its checksum.
 
-    def __init__(self, storage: Storage, key: str, obj: StoredObject) -> None:
+    An encrypted object needs ``identities`` that open it (else exit 77).
+    """
+
+    def __init__(
+        self, storage: Storage, key: str, obj: StoredObject, *, identities: Sequence[Identity] = ()
+    ) -> None:
+        if obj.encryption is not None and not identities:
+            raise PermissionDeniedError(
+                f"{key} is encrypted, and no identity was given to open it",
+                hint="set encryption.identity_file (see docs/security.md)",
+            )
         self._raw = storage.reader(key)
         self._hashing = HashingReader(self._raw)
-        self._plain = decompressing_reader(obj.compression, self._hashing)
+        compressed: BinaryIO | HashingReader = self._hashing
+        if obj.encryption is not None:
+            compressed = decrypting_reader(self._hashing, identities, name=key)
+        self._plain = decompressing_reader(obj.compression, compressed)
         self._obj = obj
         self._key = key
         self.verified = False
@@ -132,6 +154,8 @@ class VerifiedReader:
         try:
             data = self._plain.read(size)
         except DataError as exc:
+            if exc.message.startswith(self._key):
+                raise
             # The decompressor knows what broke, not which object it was reading.
             raise DataError(f"{self._key}: {exc.message}", hint=exc.hint) from exc
         if data:
@@ -169,20 +193,24 @@ class VerifiedReader:
         self.close()
 
 
-def read_all_verified(storage: Storage, key: str, obj: StoredObject) -> bytes:
+def read_all_verified(
+    storage: Storage, key: str, obj: StoredObject, *, identities: Sequence[Identity] = ()
+) -> bytes:
     """A small object, whole and verified (DDL, sequence values)."""
     parts = []
-    with VerifiedReader(storage, key, obj) as reader:
+    with VerifiedReader(storage, key, obj, identities=identities) as reader:
         while chunk := reader.read(CHUNK):
             parts.append(chunk)
         reader.finish()
     return b"".join(parts)
 
 
-def verify_stored(storage: Storage, key: str, obj: StoredObject, *, deep: bool) -> None:
-    """Check an object's stored bytes (and with ``deep`` its decompression)."""
+def verify_stored(
+    storage: Storage, key: str, obj: StoredObject, *, deep: bool, identities: Sequence[Identity] = ()
+) -> None:
+    """Check an object's stored bytes (and with ``deep`` its decryption and decompression)."""
     if deep:
-        with VerifiedReader(storage, key, obj) as reader:
+        with VerifiedReader(storage, key, obj, identities=identities) as reader:
             while reader.read(CHUNK):
                 pass
             reader.finish()
