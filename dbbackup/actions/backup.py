@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from dbbackup import backupset, fsutil, objects
+from dbbackup import backupset, fsutil, keys, objects
 from dbbackup import log as dblog
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
@@ -21,6 +21,7 @@ from dbbackup.engines.base import DumpTask, Engine
 from dbbackup.errors import DbBackupError, InputMissingError, IOFailure, UsageError
 from dbbackup.hooks import run_hook
 from dbbackup.pipeline.compress import file_suffix, validate_level
+from dbbackup.pipeline.crypto import RecipientGroup
 
 log = logging.getLogger("dbbackup.backup")
 
@@ -79,6 +80,12 @@ class BackupRun:
         # Set when the run is abandoned (SIGTERM, a failed task): the other dump
         # workers stop at their next write instead of finishing their table.
         self.cancelled = threading.Event()
+        # Checked here, before the lock, the hooks and the write probe: nothing is written yet.
+        self.encryption = keys.EncryptionPlan.from_settings(settings.encryption)
+        configured = [] if request.all_databases else list(settings.connection.databases)
+        wanted = list(request.databases) or configured
+        self.encryption.check_required(wanted, whole_cluster=not wanted or wanted == ["*"])
+        self._encryption_of: dict[str, RecipientGroup | None] = {}
 
     def execute(self) -> Manifest:
         runtime = self.runtime
@@ -113,6 +120,13 @@ class BackupRun:
             server_version_num=info.version_num,
             tools_major=engine.tools_major,
         )
+        if (cluster and self.encryption.default is None) or any(
+            self.encryption.for_database(db) is None for db in databases
+        ):
+            log.warning(
+                "this backup is not encrypted: set [encryption] recipients (see docs/security.md)",
+                extra={"event": "backup_unencrypted"},
+            )
         begun = time.monotonic()
         with dblog.log_context(backup_id=set_id):
             log.info(
@@ -128,7 +142,11 @@ class BackupRun:
                 for name in databases:
                     manifest.databases.append(self._dump_database(engine, set_id, name))
                 manifest.finished_at = backupset.iso(backupset.now_in(self.zone))
-                backupset.write_manifest(storage, manifest)
+                manifest.encrypted = all(o.encryption for o in manifest.all_objects())
+                if any(o.encryption for o in manifest.all_objects()):
+                    keys.write_sealed_manifest(storage, manifest, self.encryption)
+                else:
+                    backupset.write_manifest(storage, manifest)
             except BaseException:
                 self._discard(prefix)
                 raise
@@ -165,12 +183,14 @@ class BackupRun:
             relative_key=relative,
             role="globals",
             compression=self.compression,
+            encryption=self.encryption.default,
         ) as (sink, done):
             engine.dump_globals(sink)
         return done[0]
 
     def _dump_database(self, engine: Engine, set_id: str, name: str) -> DatabaseEntry:
         directory = backupset.path_component(name)
+        self._encryption_of[directory] = self.encryption.for_database(name)
         storage = self.runtime.storage
         storage.prepare(f"{self.runtime.instance}/{set_id}/{directory}/data")
         begun = time.monotonic()
@@ -232,6 +252,7 @@ class BackupRun:
             role=task.role,
             compression=self.compression,
             table=task.table,
+            encryption=self._encryption_of[directory],
         ) as (sink, done):
             task.run(_CountingSink(sink, self.progress, self.cancelled))
         return done[0]
@@ -262,12 +283,13 @@ def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> 
     }
     lock_path = fsutil.runtime_dir() / f"backup-{runtime.instance}.lock"
     try:
+        backup_run = BackupRun(runtime, request, progress)
         with fsutil.file_lock(lock_path, wait=settings.backup.lock_wait, what=f"instance {runtime.instance}"):
             run_hook(
                 "before_backup", hooks.before_backup, timeout=hooks.timeout, fields=fields, required=True
             )
             try:
-                manifest = BackupRun(runtime, request, progress).execute()
+                manifest = backup_run.execute()
             except DbBackupError as exc:
                 failed = {
                     **fields,
