@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbbackup import credentials, fsutil
+from dbbackup import credentials, fsutil, keys
 from dbbackup.catalog import Catalog
 from dbbackup.engines.base import Engine
 from dbbackup.errors import ConfigError
+from dbbackup.pipeline.crypto import Identity
 from dbbackup.storage import Storage, open_storage
 
 
@@ -21,6 +22,7 @@ class Runtime:
     storage: Storage
     workdir: Path
     _catalog: Catalog | None = field(default=None, repr=False)
+    _identities: list[Identity] | None = field(default=None, repr=False)
 
     @property
     def instance(self) -> str:
@@ -43,10 +45,16 @@ class Runtime:
             self._catalog = Catalog.open(path)
         return self._catalog
 
+    def identities(self) -> list[Identity]:
+        """The age identities that open encrypted sets (loaded once, on first need)."""
+        if self._identities is None:
+            self._identities = keys.load_identities(self.settings.encryption, instance=self.instance)
+        return self._identities
+
     def engine(self, *, timeout: float) -> Engine:
         connection = self.settings.connection
         password = credentials.resolve_password(
-            configured=connection.password, password_file=connection.password_file
+            configured=connection.password, password_file=connection.password_file, instance=self.instance
         )
         engine_name = self.settings.engine
         if engine_name == "postgres":
