@@ -219,7 +219,9 @@ class Manifest:
             )
         except DataError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        # A damaged or hostile file can fail anywhere: wrong types (TypeError,
+        # AttributeError), 1e999 for a number (OverflowError), absurd nesting.
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise DataError(
                 f"{where}: manifest is malformed ({exc.__class__.__name__}: {exc})",
                 hint="the set cannot be trusted; use another backup set",
