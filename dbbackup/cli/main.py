@@ -14,9 +14,13 @@ import click
 from dbbackup import __version__, execute, fsutil
 from dbbackup.cli.backup_cmd import backup
 from dbbackup.cli.catalog_cmd import catalog
+from dbbackup.cli.check_cmd import check
+from dbbackup.cli.cleanup_cmd import cleanup
 from dbbackup.cli.config_cmd import config
 from dbbackup.cli.list_cmd import list_sets, show
+from dbbackup.cli.metrics_cmd import metrics
 from dbbackup.cli.restore_cmd import restore
+from dbbackup.cli.serve_cmd import serve
 from dbbackup.cli.state import CliState
 from dbbackup.cli.verify_cmd import verify
 from dbbackup.errors import EX_SOFTWARE, DbBackupError
@@ -90,6 +94,10 @@ cli.add_command(list_sets)
 cli.add_command(show)
 cli.add_command(config)
 cli.add_command(catalog)
+cli.add_command(cleanup)
+cli.add_command(check)
+cli.add_command(serve)
+cli.add_command(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     try:
-        cli.main(args=argv, prog_name="dbbackup", standalone_mode=False)
-        return 0
+        # Without standalone mode, click returns the code given to ctx.exit() (check exits 0-3).
+        status = cli.main(args=argv, prog_name="dbbackup", standalone_mode=False)
+        return status if isinstance(status, int) else 0
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
