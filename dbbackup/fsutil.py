@@ -291,8 +291,14 @@ def runtime_dir() -> Path:
     candidates.append(Path("/run/dbbackup"))
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         candidates.append(Path(xdg) / "dbbackup")
+    euid = os.geteuid()
     for candidate in candidates:
-        if candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK):
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            continue
+        # Another user's runtime dir (root running by hand next to the dbbackup service) is not ours.
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == euid and os.access(candidate, os.W_OK | os.X_OK):
             return ensure_dir(candidate)
     if xdg and os.access(xdg, os.W_OK):
         return ensure_dir(Path(xdg) / "dbbackup")

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dbbackup import backupset, objects
+from dbbackup import backupset, keys, objects
 from dbbackup import log as dblog
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
@@ -23,8 +23,9 @@ from dbbackup.actions.restore_state import RESTORED, STARTED, RestoreState
 from dbbackup.actions.sets import resolve_set
 from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.engines.base import Engine
-from dbbackup.errors import EX_OK, DataError, DbBackupError, UsageError
+from dbbackup.errors import EX_OK, DataError, DbBackupError, IOFailure, UsageError
 from dbbackup.hooks import run_hook
+from dbbackup.pipeline.crypto import Identity
 
 log = logging.getLogger("dbbackup.restore")
 
@@ -97,6 +98,45 @@ def select_databases(manifest: Manifest, request: RestoreRequest) -> list[tuple[
     return [(entry, request.target_db or entry.name) for entry in entries]
 
 
+def unlock(
+    runtime: Runtime, manifest: Manifest, stored: list[StoredObject], *, prove: bool, jobs: int
+) -> list[Identity]:
+    """Authenticate an encrypted set and find the identities for ``stored`` (exit 65 or 77).
+
+    Unless ``prove`` is off (dry run), every object's checksum is then proven against
+    the authenticated manifest, so a tampered object fails before the target is touched.
+    """
+    sealed = any(o.encryption for o in manifest.all_objects())
+    identities = runtime.identities() if sealed else []
+    keys.unlock_set(
+        runtime.storage,
+        manifest,
+        stored,
+        identities,
+        need_identities=True,
+        require_encryption=runtime.settings.encryption.require,
+    )
+    if sealed and prove:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="prove") as pool:
+            checks = [
+                pool.submit(
+                    objects.verify_stored,
+                    runtime.storage,
+                    backupset.object_key(manifest.instance, manifest.id, obj.key),
+                    obj,
+                    deep=False,
+                )
+                for obj in stored
+            ]
+            try:
+                for check in checks:
+                    check.result()
+            finally:
+                for check in checks:
+                    check.cancel()
+    return identities
+
+
 def check_sizes(runtime: Runtime, manifest: Manifest, stored: list[StoredObject]) -> None:
     """A cheap look at every object before the server is touched: missing or cut short."""
     for obj in stored:
@@ -114,16 +154,19 @@ class RestoreRun:
         self.runtime = runtime
         self.request = request
         self.progress = progress
+        self.identities: list[Identity] = []
+        # Set when the run is abandoned (SIGTERM): loading workers stop at their next read.
+        self.cancelled = threading.Event()
 
     def execute(self) -> RestoreReport:
         manifest = resolve_set(self.runtime, self.request.set_ref)
         selected = select_databases(manifest, self.request)
         with_globals = bool(manifest.globals) and (self.request.all_databases or not self.request.databases)
         report = RestoreReport(set_id=manifest.id, instance=manifest.instance, dry_run=self.request.dry_run)
-        check_sizes(
-            self.runtime,
-            manifest,
-            (manifest.globals if with_globals else []) + [o for e, _ in selected for o in e.objects],
+        stored = (manifest.globals if with_globals else []) + [o for e, _ in selected for o in e.objects]
+        check_sizes(self.runtime, manifest, stored)
+        self.identities = unlock(
+            self.runtime, manifest, stored, prove=not self.request.dry_run, jobs=self.request.jobs
         )
         if self.request.dry_run:
             report.globals_status = "planned" if with_globals else report.globals_status
@@ -179,7 +222,12 @@ class RestoreRun:
 
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="database") as pool:
             futures = [pool.submit(contextvars.copy_context().run, one, e, t) for e, t in selected]
-            return [future.result() for future in futures]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                stop.set()
+                self.cancelled.set()
+                raise
 
     def _key(self, manifest: Manifest, obj: StoredObject) -> str:
         return backupset.object_key(manifest.instance, manifest.id, obj.key)
@@ -187,7 +235,10 @@ class RestoreRun:
     def _restore_globals(self, engine: Engine, manifest: Manifest, report: RestoreReport) -> None:
         self.progress.set_phase("restoring roles and tablespaces")
         script = objects.read_all_verified(
-            self.runtime.storage, self._key(manifest, manifest.globals[0]), manifest.globals[0]
+            self.runtime.storage,
+            self._key(manifest, manifest.globals[0]),
+            manifest.globals[0],
+            identities=self.identities,
         )
         problems = engine.restore_globals(script)
         report.globals_problems = problems
@@ -242,7 +293,9 @@ class RestoreRun:
         self.progress.set_phase(f"restoring {entry.name}")
         # Schema objects are small: prove them whole before the target is touched.
         ddl = {
-            role: objects.read_all_verified(storage, self._key(manifest, obj), obj)
+            role: objects.read_all_verified(
+                storage, self._key(manifest, obj), obj, identities=self.identities
+            )
             for role in ("pre-data", "sequences", "post-data")
             for obj in entry.objects_with_role(role)
         }
@@ -254,7 +307,9 @@ class RestoreRun:
         loaded = self._restore_tables(engine, manifest, entry, target, jobs)
         engine.restore_sql(target, ddl.get("sequences", b""))
         for obj in entry.objects_with_role("large-objects"):
-            with objects.VerifiedReader(storage, self._key(manifest, obj), obj) as reader:
+            with objects.VerifiedReader(
+                storage, self._key(manifest, obj), obj, identities=self.identities
+            ) as reader:
                 engine.restore_ddl(target, "large-objects", reader)
         engine.restore_ddl(target, "post-data", io.BytesIO(ddl["post-data"]), jobs=jobs)
         return loaded
@@ -266,8 +321,10 @@ class RestoreRun:
 
         def load(obj: StoredObject) -> int:
             assert obj.table is not None
-            with objects.VerifiedReader(self.runtime.storage, self._key(manifest, obj), obj) as reader:
-                counted = _ProgressReader(reader, self.progress)
+            with objects.VerifiedReader(
+                self.runtime.storage, self._key(manifest, obj), obj, identities=self.identities
+            ) as reader:
+                counted = _ProgressReader(reader, self.progress, self.cancelled)
                 return engine.restore_table(target, obj.table, counted, reader.finish)
 
         total = 0
@@ -288,11 +345,16 @@ class RestoreRun:
 
 
 class _ProgressReader:
-    def __init__(self, reader: objects.VerifiedReader, progress: Progress) -> None:
+    def __init__(
+        self, reader: objects.VerifiedReader, progress: Progress, cancelled: threading.Event
+    ) -> None:
         self._reader = reader
         self._progress = progress
+        self._cancelled = cancelled
 
     def read(self, size: int = objects.CHUNK) -> bytes:
+        if self._cancelled.is_set():
+            raise IOFailure("restore abandoned: it was stopped")
         data = self._reader.read(size)
         self._progress.add_bytes(len(data))
         return data
