@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dbbackup import backupset, objects
+from dbbackup import backupset, keys, objects
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
 from dbbackup.actions.sets import resolve_set
 from dbbackup.backupset import Manifest, StoredObject
 from dbbackup.errors import DataError, DbBackupError
+from dbbackup.pipeline.crypto import Identity
 
 log = logging.getLogger("dbbackup.verify")
 
@@ -46,7 +47,12 @@ class VerifyReport:
 
 
 def _check(
-    runtime: Runtime, manifest: Manifest, obj: StoredObject, mode: str, progress: Progress
+    runtime: Runtime,
+    manifest: Manifest,
+    obj: StoredObject,
+    mode: str,
+    progress: Progress,
+    identities: list[Identity],
 ) -> ObjectCheck:
     key = backupset.object_key(manifest.instance, manifest.id, obj.key)
     try:
@@ -55,11 +61,32 @@ def _check(
             if size != obj.stored_bytes:
                 raise DataError(f"{key}: stored size {size} bytes, manifest says {obj.stored_bytes}")
         else:
-            objects.verify_stored(runtime.storage, key, obj, deep=mode == "deep")
+            objects.verify_stored(runtime.storage, key, obj, deep=mode == "deep", identities=identities)
         progress.add_bytes(obj.stored_bytes)
         return ObjectCheck(key, True)
     except DbBackupError as exc:
         return ObjectCheck(key, False, exc.message)
+
+
+def _unlock(runtime: Runtime, manifest: Manifest, mode: str) -> list[Identity]:
+    """Authenticate an encrypted set's manifest when an identity is at hand (deep: required)."""
+    sealed = any(o.encryption for o in manifest.all_objects())
+    identities = runtime.identities() if sealed else []
+    authenticated = keys.unlock_set(
+        runtime.storage,
+        manifest,
+        manifest.all_objects(),
+        identities,
+        need_identities=mode == "deep",
+        require_encryption=runtime.settings.encryption.require,
+    )
+    if sealed and not authenticated:
+        log.warning(
+            "verify: no identity opens %s: checksums are checked, the manifest's authenticity is not",
+            manifest.id,
+            extra={"event": "verify_unauthenticated", "backup_id": manifest.id},
+        )
+    return identities
 
 
 def run_verify(runtime: Runtime, ref: str, *, mode: str, jobs: int, progress: Progress) -> VerifyReport:
@@ -69,10 +96,13 @@ def run_verify(runtime: Runtime, ref: str, *, mode: str, jobs: int, progress: Pr
     stored = manifest.all_objects()
     progress.set_phase(f"verifying {manifest.id}")
     try:
+        identities = _unlock(runtime, manifest, mode)
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify") as pool:
             checks = list(
                 pool.map(
-                    lambda o: contextvars.copy_context().run(_check, runtime, manifest, o, mode, progress),
+                    lambda o: contextvars.copy_context().run(
+                        _check, runtime, manifest, o, mode, progress, identities
+                    ),
                     stored,
                 )
             )
