@@ -11,15 +11,17 @@ from types import FrameType
 
 import click
 
-from dbbackup import __version__, execute, fsutil
+from dbbackup import __version__, credentials, execute, fsutil
 from dbbackup.cli.backup_cmd import backup
 from dbbackup.cli.catalog_cmd import catalog
 from dbbackup.cli.check_cmd import check
 from dbbackup.cli.cleanup_cmd import cleanup
 from dbbackup.cli.config_cmd import config
+from dbbackup.cli.key_cmd import key
 from dbbackup.cli.list_cmd import list_sets, show
 from dbbackup.cli.metrics_cmd import metrics
 from dbbackup.cli.restore_cmd import restore
+from dbbackup.cli.secret_cmd import secret
 from dbbackup.cli.serve_cmd import serve
 from dbbackup.cli.state import CliState
 from dbbackup.cli.verify_cmd import verify
@@ -75,6 +77,11 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON on stderr (journald is used natively under systemd).",
 )
+@click.option(
+    "--ask-password",
+    is_flag=True,
+    help="Ask at the terminal for a password or passphrase no other source has (never without one).",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -82,8 +89,10 @@ def cli(
     instance: str | None,
     log_level: str | None,
     log_format: str | None,
+    ask_password: bool,
 ) -> None:
     """Back up, verify and restore PostgreSQL and MySQL/MariaDB servers."""
+    credentials.allow_prompt(ask_password)
     ctx.obj = CliState(config_file=config_file, instance=instance, log_level=log_level, log_format=log_format)
 
 
@@ -94,6 +103,8 @@ cli.add_command(list_sets)
 cli.add_command(show)
 cli.add_command(config)
 cli.add_command(catalog)
+cli.add_command(key)
+cli.add_command(secret)
 cli.add_command(cleanup)
 cli.add_command(check)
 cli.add_command(serve)
