@@ -163,10 +163,12 @@ def tool_major(path: str) -> int:
     return int(match.group(1))
 
 
-def find_client_bindir(server_major: int) -> Path:
-    """Client tools matching the server's major version, or newer; never older."""
+def find_client_bindir(server_major: int, root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """Client tools matching the server's major version, or newer; never older.
+
+    Debian installs each major version's tools in ``/usr/lib/postgresql/N/bin``.
+    """
     candidates: list[tuple[int, Path]] = []
-    root = Path("/usr/lib/postgresql")
     if root.is_dir():
         for entry in root.iterdir():
             if entry.name.isdigit() and (entry / "bin" / "pg_dump").exists():
