@@ -10,11 +10,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from dbbackup import backupset, fsutil, keys, objects
 from dbbackup import log as dblog
+from dbbackup.actions.cleanup import run_cleanup
 from dbbackup.actions.context import Runtime
 from dbbackup.actions.progress import Progress
+from dbbackup.alerts import send_failure_alert
 from dbbackup.backupset import DatabaseEntry, Manifest, StoredObject
 from dbbackup.catalog import SetSummary
 from dbbackup.engines.base import DumpTask, Engine
@@ -272,10 +275,39 @@ class _CountingSink:
         return written
 
 
+def _after_success(runtime: Runtime, manifest: Manifest) -> None:
+    runtime.catalog().record_run(
+        runtime.instance,
+        [db.name for db in manifest.databases],
+        True,
+        manifest.started_at,
+        manifest.finished_at,
+        set_id=manifest.id,
+    )
+    if runtime.settings.retention.auto_cleanup:
+        # The backup succeeded whatever happens here; a failed cleanup is reported, not fatal.
+        try:
+            report = run_cleanup(runtime, dry_run=False)
+            log.info("retention applied: %d set(s) deleted", len(report.deleted), extra={"event": "cleanup"})
+        except DbBackupError as exc:
+            log.error("retention after the backup failed: %s", exc.message, extra={"event": "cleanup_failed"})
+
+
+def _after_failure(runtime: Runtime, request: BackupRequest, started: datetime, exc: DbBackupError) -> None:
+    try:
+        runtime.catalog().record_run(
+            runtime.instance, list(request.databases), False, started, datetime.now(UTC), exc.message
+        )
+    except DbBackupError as record_error:
+        log.warning("could not record the failed run in the catalog: %s", record_error.message)
+    send_failure_alert(runtime.settings, exc)
+
+
 def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> Manifest:
     """One backup of the instance at a time (flock), wrapped in the user's hooks."""
     settings = runtime.settings
     hooks = settings.hooks
+    started = datetime.now(UTC)
     fields = {
         "instance": runtime.instance,
         "databases": ",".join(request.databases) or ("*" if request.all_databases else ""),
@@ -283,13 +315,12 @@ def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> 
     }
     lock_path = fsutil.runtime_dir() / f"backup-{runtime.instance}.lock"
     try:
-        backup_run = BackupRun(runtime, request, progress)
         with fsutil.file_lock(lock_path, wait=settings.backup.lock_wait, what=f"instance {runtime.instance}"):
             run_hook(
                 "before_backup", hooks.before_backup, timeout=hooks.timeout, fields=fields, required=True
             )
             try:
-                manifest = backup_run.execute()
+                manifest = BackupRun(runtime, request, progress).execute()
             except DbBackupError as exc:
                 failed = {
                     **fields,
@@ -302,6 +333,7 @@ def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> 
                     "after_backup", hooks.after_backup, timeout=hooks.timeout, fields=failed, required=False
                 )
                 raise
+            _after_success(runtime, manifest)
             done = {
                 **fields,
                 "status": "success",
@@ -318,6 +350,7 @@ def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> 
             exc.message,
             extra={"event": "backup_failed", "exit_code": exc.exit_code},
         )
+        _after_failure(runtime, request, started, exc)
         raise
     finally:
         progress.close()

@@ -7,6 +7,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from dbbackup import backupset, keys, objects
@@ -112,6 +113,14 @@ def run_verify(runtime: Runtime, ref: str, *, mode: str, jobs: int, progress: Pr
     report.bytes = sum(o.stored_bytes for o in stored)
     report.failures = [c for c in checks if not c.ok]
     report.duration_sec = round(time.monotonic() - begun, 3)
+    runtime.catalog().record_verification(
+        manifest.id,
+        instance=manifest.instance,
+        databases=[db.name for db in manifest.databases],
+        ok=report.ok,
+        mode=mode,
+        finished_at=datetime.now(UTC),
+    )
     for failure in report.failures:
         log.error("verify: %s", failure.error, extra={"event": "verify_failed", "backup_id": manifest.id})
     if report.ok:
