@@ -17,6 +17,7 @@ backup could still be running (``backup.timeout`` plus a margin).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ log = logging.getLogger("dbbackup.cleanup")
 # A backup started longer than its deadline plus this ago cannot still be writing.
 LEFTOVER_MARGIN = timedelta(hours=1)
 PROGRESS_EXTENSION_USEC = 10 * 60 * 1_000_000
+_DELETE_ATTEMPTS = 3
 
 
 @dataclass
@@ -108,6 +110,7 @@ def run_cleanup(runtime: Runtime, *, dry_run: bool, now: datetime | None = None)
         )
     for set_id in leftovers:
         _delete_prefix(runtime.storage, backupset.set_prefix(runtime.instance, set_id))
+        runtime.catalog().expire(set_id)  # a deletion interrupted before its catalog update
         report.leftovers.append(set_id)
         log.info(
             "removed incomplete set directory %s",
@@ -185,18 +188,26 @@ def _delete_object(storage: Storage, key: str) -> None:
         raise fsutil.os_error_to_failure(exc, "delete", path) from exc
     try:
         fsutil.fsync_dir(path.parent)
+    except FileNotFoundError:
+        return  # another cleanup removed the whole set meanwhile
     except OSError as exc:
         # Without this the set could come back complete after a crash, objects gone.
         raise fsutil.os_error_to_failure(exc, "sync the directory of", path) from exc
 
 
 def _delete_prefix(storage: Storage, prefix: str) -> None:
-    try:
-        storage.delete_prefix(prefix)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise fsutil.os_error_to_failure(exc, "delete", f"{storage.url}/{prefix}") from exc
+    for attempt in range(1, _DELETE_ATTEMPTS + 1):
+        try:
+            storage.delete_prefix(prefix)
+            break
+        except OSError as exc:
+            # Another cleanup deleting the same set makes entries vanish under us, or
+            # appear non-empty for a moment; once it is done there is nothing left to do.
+            racing = isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOTEMPTY
+            if racing and isinstance(storage, LocalStorage) and not storage.local_path(prefix).exists():
+                return
+            if not racing or attempt == _DELETE_ATTEMPTS:
+                raise fsutil.os_error_to_failure(exc, "delete", f"{storage.url}/{prefix}") from exc
     if isinstance(storage, LocalStorage):
         parent = storage.local_path(prefix).parent
         try:
