@@ -16,7 +16,13 @@ from dbbackup.backupset import StoredObject, TableRef
 from dbbackup.errors import DataError, PermissionDeniedError
 from dbbackup.pipeline.checksum import HashingReader, HashingWriter
 from dbbackup.pipeline.compress import compressing_writer, decompressing_reader
-from dbbackup.pipeline.crypto import Identity, RecipientGroup, decrypting_reader, encrypting_writer
+from dbbackup.pipeline.crypto import (
+    VERSION_LINE,
+    Identity,
+    RecipientGroup,
+    decrypting_reader,
+    encrypting_writer,
+)
 from dbbackup.storage.base import Storage
 
 CHUNK = 1 << 20
@@ -217,6 +223,12 @@ def verify_stored(
         return
     with storage.reader(key) as raw:
         hashing = HashingReader(raw)
+        if obj.encryption is None and hashing.read(CHUNK).startswith(VERSION_LINE + b"\n"):
+            # Only an edited manifest calls an age file plaintext.
+            raise DataError(
+                f"{key} is encrypted, but the manifest says it is not: the manifest was altered",
+                hint="the set cannot be trusted; restore from another set",
+            )
         while hashing.read(CHUNK):
             pass
         hashing.verify(expected_sha256=obj.sha256, expected_size=obj.stored_bytes, name=key)
