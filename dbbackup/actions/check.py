@@ -69,7 +69,8 @@ class CheckResult:
         return cls(worst.state, tuple(checks))
 
     def summary_line(self) -> str:
-        text = "; ".join(c.message for c in self.checks)
+        # One line is the plugin contract: multi-line error messages are folded.
+        text = "; ".join(" ".join(c.message.split()) for c in self.checks)
         perfdata = " ".join(
             f"'{c.instance}_age'={round(c.age)}s;;{round(c.max_age) or ''};0;"
             for c in self.checks
