@@ -39,7 +39,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from dbbackup import backupset, fsutil
 from dbbackup.catalog import Catalog, SetSummary
-from dbbackup.errors import DbBackupError
+from dbbackup.errors import CannotCreateError, DbBackupError
 from dbbackup.storage import Storage, open_storage
 
 log = logging.getLogger("dbbackup.metrics")
@@ -266,6 +266,11 @@ def render(targets: Sequence[Target], *, sizes: SizeCache | None = None) -> byte
 
 def write_textfile(directory: Path, targets: Sequence[Target]) -> Path:
     """Write ``DIR/dbbackup.prom`` atomically (node_exporter never reads half a file)."""
+    if not directory.is_dir():
+        raise CannotCreateError(
+            f"cannot write metrics to {directory}: no such directory",
+            hint="give the directory node_exporter reads (--collector.textfile.directory)",
+        )
     path = directory / TEXTFILE_NAME
     fsutil.atomic_write_bytes(path, render(targets))
     return path
