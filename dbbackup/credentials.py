@@ -123,19 +123,22 @@ def prompt_secret(prompt: str) -> str | None:
             "--ask-password needs a terminal, and standard input is not one",
             hint=CREDENTIAL_SOURCES_HINT,
         )
-    answer = _read_hidden(sys.stdin.fileno(), prompt, PROMPT_TIMEOUT)
+    answer = read_hidden(prompt)
     if answer:
         register(answer)
     return answer or None
 
 
-def _read_hidden(fd: int, prompt: str, timeout: float) -> str:
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
+def read_hidden(prompt: str, timeout: float = PROMPT_TIMEOUT) -> str:
+    """One line typed at the terminal on standard input, not echoed; at most ``timeout`` seconds."""
+    fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     quiet = list(saved)
     quiet[3] &= ~termios.ECHO
+    # Echo off before the prompt shows: whatever is typed after it must not be flushed.
     termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
     try:
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
