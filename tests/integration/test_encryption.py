@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from harness import PostgresServer, require_binary
-
 from conftest import fill_tiny
+from harness import PostgresServer, require_binary
 
 if TYPE_CHECKING:
     from conftest import Cli, MakeCli
@@ -58,8 +57,9 @@ def test_key_generate_writes_a_private_identity_and_prints_its_recipient(tmp_pat
     text = identity.read_text(encoding="ascii")
     assert f"# public key: {recipient}" in text
     age_keygen = require_binary("age-keygen", "age")
-    derived = subprocess.run([str(age_keygen), "-y", str(identity)], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.strip()  # fmt: skip
+    derived = subprocess.run(
+        [str(age_keygen), "-y", str(identity)], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
     assert derived == recipient
 
 
@@ -93,28 +93,34 @@ def test_encrypted_set_decrypts_with_the_age_cli_and_matches_what_restore_loads(
     stored = cli.set_dir(made["id"]) / obj["key"]
     assert stored.read_bytes().startswith(b"age-encryption.org/v1\n")
     plain = subprocess.run(
-        f"{age} -d -i {identity} {stored} | {zstd} -d -c", shell=True, capture_output=True, timeout=60,
+        f"{age} -d -i {identity} {stored} | {zstd} -d -c",
+        shell=True,
+        capture_output=True,
+        timeout=60,
         check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     assert len(plain) == obj["plain_bytes"]
 
     target = scratch_names("decrypted")
     cli.ok("restore", made["id"], "--database", tiny_db, "--target-db", target)
-    with pg_server.connect(target) as conn, conn.cursor() as cur:
-        with cur.copy("COPY public.t TO STDOUT") as copy:
-            loaded = b"".join(bytes(chunk) for chunk in copy)
+    with pg_server.connect(target) as conn, conn.cursor() as cur, cur.copy("COPY public.t TO STDOUT") as copy:
+        loaded = b"".join(bytes(chunk) for chunk in copy)
     assert sorted(loaded.splitlines()) == sorted(plain.splitlines())
     assert len(loaded.splitlines()) == 50
 
 
-def test_manifest_names_recipients_by_fingerprint_only(keyed_cli: tuple[Cli, Path, str], tiny_db: str) -> None:
+def test_manifest_names_recipients_by_fingerprint_only(
+    keyed_cli: tuple[Cli, Path, str], tiny_db: str
+) -> None:
     cli, _identity, recipient = keyed_cli
     made = cli.backup("--database", tiny_db)
     text = (cli.set_dir(made["id"]) / "manifest.json").read_text(encoding="utf-8")
     assert recipient not in text
     assert "AGE-SECRET-KEY" not in text
     manifest = json.loads(text)
-    fingerprints = {tuple(o["encryption"]["recipients"]) for db in manifest["databases"] for o in db["objects"]}
+    fingerprints = {
+        tuple(o["encryption"]["recipients"]) for db in manifest["databases"] for o in db["objects"]
+    }
     assert len(fingerprints) == 1
     [group] = fingerprints
     assert len(group) == 1 and group[0].startswith("x25519:")
@@ -149,7 +155,9 @@ def test_per_database_recipients_keep_databases_apart(
     done = cli.run("restore", made["id"], "--database", second, "--target-db", refused, env=env_a)
     assert done.returncode == 77, cli.describe(done)
     assert group_b[0] in done.stderr
-    assert pg_server.query("SELECT count(*) FROM pg_database WHERE datname = %s", params=(refused,))[0][0] == 0
+    assert (
+        pg_server.query("SELECT count(*) FROM pg_database WHERE datname = %s", params=(refused,))[0][0] == 0
+    )
     # Key B alone opens the second.
     env_b = {"DBBACKUP_ENCRYPTION_IDENTITY_FILE": str(key_b)}
     done = cli.run("restore", made["id"], "--database", second, "--target-db", refused, env=env_b)
@@ -163,9 +171,14 @@ def test_restore_without_an_identity_says_so_and_exits_77(
     made = cli.backup("--database", tiny_db)
     target = scratch_names("no_key")
     done = cli.run(
-        "restore", made["id"], "--database", tiny_db, "--target-db", target,
+        "restore",
+        made["id"],
+        "--database",
+        tiny_db,
+        "--target-db",
+        target,
         env={"DBBACKUP_ENCRYPTION_IDENTITY_FILE": ""},
-    )  # fmt: skip
+    )
     assert done.returncode == 77, cli.describe(done)
     assert "no identity" in done.stderr
     assert "identity_file" in done.stderr  # the hint names where an identity can come from
@@ -195,7 +208,9 @@ def test_require_is_met_by_per_database_recipients(
     assert done.returncode == 78, cli.describe(done)
 
 
-def test_a_clear_backup_warns_once_per_run(dbbackup_cli: Cli, tiny_db: str, pg_server: PostgresServer) -> None:
+def test_a_clear_backup_warns_once_per_run(
+    dbbackup_cli: Cli, tiny_db: str, pg_server: PostgresServer
+) -> None:
     other = f"{tiny_db}_2"
     pg_server.create_database(other)
     try:
@@ -255,9 +270,14 @@ def test_identity_from_the_keyring(
         "XDG_DATA_HOME": str(tmp_path / "data"),
     }
     stored = subprocess.run(
-        [*cli.argv("secret", "set", "age-identity")], input=identity.read_text(), text=True,
-        capture_output=True, timeout=60, env={**os.environ, **cli.env, **env}, check=False,
-    )  # fmt: skip
+        [*cli.argv("secret", "set", "age-identity")],
+        input=identity.read_text(),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **cli.env, **env},
+        check=False,
+    )
     assert stored.returncode == 0, stored.stderr
     target = scratch_names("by_keyring")
     done = cli.run("restore", made["id"], "--database", tiny_db, "--target-db", target, env=env)

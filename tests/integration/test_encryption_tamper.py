@@ -70,10 +70,12 @@ class Sets:
         return objects
 
     def table(self, set_id: str, name: str) -> dict[str, Any]:
-        return next(o for o in self.objects(set_id) if o["role"] == "table-data" and o["table"]["name"] == name)
+        return next(
+            o for o in self.objects(set_id) if o["role"] == "table-data" and o["table"]["name"] == name
+        )
 
     def path(self, set_id: str, obj: dict[str, Any]) -> Path:
-        return self.cli.set_dir(set_id) / obj["key"]
+        return self.cli.set_dir(set_id) / str(obj["key"])
 
 
 @pytest.fixture
@@ -147,9 +149,13 @@ def forge_object_and_checksum(s: Sets) -> str:
     obj = s.table(s.first, "small")
     path = s.path(s.first, obj)
     forged = subprocess.run(
-        f"{zstd} -q -c | {age} -r {s.recipient}", shell=True, input=b"666\n", capture_output=True,
-        timeout=60, check=True,
-    ).stdout  # fmt: skip
+        f"{zstd} -q -c | {age} -r {s.recipient}",
+        shell=True,
+        input=b"666\n",
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
     path.write_bytes(forged)
     import hashlib
 
@@ -195,10 +201,19 @@ def pretend_it_was_never_encrypted(s: Sets) -> str:
 
 
 TAMPERINGS: list[Callable[[Sets], str]] = [
-    flip_header, flip_middle, flip_last_byte, truncate_at_chunk, truncate_one_byte, swap_within_set,
-    swap_between_sets, forge_object_and_checksum, edit_manifest_value, drop_the_seal,
-    replace_the_wrapped_key, pretend_it_was_never_encrypted,
-]  # fmt: skip
+    flip_header,
+    flip_middle,
+    flip_last_byte,
+    truncate_at_chunk,
+    truncate_one_byte,
+    swap_within_set,
+    swap_between_sets,
+    forge_object_and_checksum,
+    edit_manifest_value,
+    drop_the_seal,
+    replace_the_wrapped_key,
+    pretend_it_was_never_encrypted,
+]
 
 
 def database_exists(server: PostgresServer, name: str) -> bool:
@@ -242,7 +257,9 @@ def test_require_refuses_a_set_that_is_not_encrypted(
 
 def test_verify_without_identity_checks_checksums_and_warns(sets: Sets) -> None:
     cli = sets.cli
-    done = cli.run("--log-format", "json", "verify", sets.first, env={"DBBACKUP_ENCRYPTION_IDENTITY_FILE": ""})
+    done = cli.run(
+        "--log-format", "json", "verify", sets.first, env={"DBBACKUP_ENCRYPTION_IDENTITY_FILE": ""}
+    )
     assert done.returncode == 0, cli.describe(done)
     events = [json.loads(line).get("event") for line in done.stderr.splitlines() if line.startswith("{")]
     assert "verify_unauthenticated" in events
