@@ -88,6 +88,9 @@ def restore_text(report: Any) -> str:
         )
         rows.append((outcome.database, outcome.target, outcome.status.upper(), detail))
     lines.append(table(("DATABASE", "TARGET", "STATUS", "DETAIL"), rows))
+    lines.extend(
+        f"hint for {o.database}: {o.hint}" for o in report.databases if o.status == "failed" and o.hint
+    )
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class DatabaseOutcome:
     target: str
     status: str  # planned | restored | failed | skipped
     reason: str = ""
+    hint: str = ""
     exit_code: int = EX_OK
     tables: int = 0
     bytes: int = 0
@@ -270,6 +271,7 @@ class RestoreRun:
                     exc.message,
                     exc.exit_code,
                 )
+                outcome.hint = exc.hint or ""
                 log.error(
                     "restoring %s failed: %s",
                     entry.name,

@@ -238,11 +238,6 @@ def test_restore_over_a_non_empty_database_needs_clean(
     assert pg_fingerprint(pg_server, tiny_db) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore keeps only the message of a failed database: the hint naming --clean "
-    "and --target-db is lost",
-)
 def test_refused_restore_tells_how_to_proceed(dbbackup_cli: Cli, tiny_db: str) -> None:
     made = dbbackup_cli.backup("--database", tiny_db)
     refused = dbbackup_cli.run("restore", made["id"])

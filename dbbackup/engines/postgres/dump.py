@@ -74,7 +74,13 @@ SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
                     pg_catalog.array_to_string(s.setconfig, E'\\n')
              FROM pg_catalog.pg_db_role_setting s
              WHERE s.setdatabase = d.oid AND s.setrole <> 0),
-       pg_catalog.shobj_description(d.oid, 'pg_database')
+       pg_catalog.shobj_description(d.oid, 'pg_database'),
+       d.datacl IS NULL,
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_catalog.pg_get_userbyid(a.grantee) END
+                    || E'\t' || a.privilege_type || E'\t' || a.is_grantable::text
+             FROM pg_catalog.aclexplode(d.datacl)
+                  WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, n)
+             ORDER BY a.n)
 FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
 """
 
@@ -99,6 +105,7 @@ class PgDump:
         self.database = database
         self.deadline = deadline
         self.snapshot_id = ""
+        self.encoding = "UTF8"
 
     @contextlib.contextmanager
     def open(self) -> Iterator[DatabaseDump]:
@@ -172,7 +179,10 @@ class PgDump:
     def _properties(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         row = conn.execute(DATABASE_SQL).fetchone()
         assert row is not None
-        encoding, collate, ctype, owner, connlimit, db_settings, role_settings, comment = row
+        encoding, collate, ctype, owner, connlimit, db_settings, role_settings, comment, default_acl, acl = (
+            row
+        )
+        self.encoding = str(encoding)
         return {
             "encoding": encoding,
             "collate": collate,
@@ -185,6 +195,13 @@ class PgDump:
                 for entry in role_settings
             ],
             "comment": comment,
+            # None: the built-in default (owner all, PUBLIC connect and temporary).
+            "acl": None
+            if default_acl
+            else [
+                {"grantee": g, "privilege": p, "grantable": w == "true"}
+                for g, p, w in (entry.split("\t") for entry in acl)
+            ],
         }
 
     def _pg_dump_task(self, extra: list[str]) -> Callable[[Sink], None]:
@@ -235,6 +252,7 @@ class PgDump:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
                 conn.execute("SET row_security = off")
+                set_stable_output(conn, self.encoding)
                 with guard:
                     copy_rows(conn, statement, sink, guard)
                 conn.rollback()
@@ -271,6 +289,15 @@ class PgDump:
         return run
 
 
+def set_stable_output(conn: psycopg.Connection[Any], encoding: str) -> None:
+    """Pin what COPY's text depends on, as pg_dump does, so no role or database default
+    (DateStyle DMY, extra_float_digits 0, another client encoding) changes a value."""
+    conn.execute("SET DateStyle = ISO")
+    conn.execute("SET IntervalStyle = postgres")
+    conn.execute("SET extra_float_digits = 3")
+    conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
+
+
 def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed, sink: Sink, guard: StallGuard) -> None:
     """Stream COPY rows into ``sink`` in ~1 MiB writes; a huge row goes through uncopied."""
     batch = bytearray()
@@ -291,19 +318,21 @@ def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed, sink: Sink
         sink.write(batch)
 
 
+TOO_BIG_MARKERS = ("out of memory", "cannot enlarge string buffer", "invalid memory alloc request size")
+
+
 def copy_error(database: str, table: TableRef, exc: psycopg.Error) -> DbBackupError:
     where = f"{database}: table {table.schema}.{table.name}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    if isinstance(exc, psycopg.OperationalError):
-        return ServiceUnavailableError(f"{where}: the connection failed during COPY: {text}")
-    if (
-        "out of memory" in text.lower()
-        or "cannot enlarge string buffer" in text.lower()
-        or isinstance(exc, psycopg.errors.ProgramLimitExceeded)
+    # Checked first: the server reports some of these as out-of-memory (an OperationalError).
+    if any(marker in text.lower() for marker in TOO_BIG_MARKERS) or isinstance(
+        exc, psycopg.errors.ProgramLimitExceeded
     ):
         return DataError(
             f"{where}: PostgreSQL cannot export a row of this table ({text})",
             hint="a value is too large for COPY (its text form exceeds 1 GB); "
             "store it in a large object or split it, then back up again",
         )
+    if isinstance(exc, psycopg.OperationalError):
+        return ServiceUnavailableError(f"{where}: the connection failed during COPY: {text}")
     return IOFailure(f"{where}: COPY failed: {text}")

@@ -24,7 +24,7 @@ from dbbackup.engines.postgres.connection import (
     cut_connection,
     stall_error,
 )
-from dbbackup.engines.postgres.dump import qualified
+from dbbackup.engines.postgres.dump import qualified, set_stable_output
 from dbbackup.errors import (
     CannotCreateError,
     DataError,
@@ -45,6 +45,8 @@ LIST_SETTINGS = {
     "local_preload_libraries",
     "unix_socket_directories",
 }
+
+DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 
 NON_EMPTY_SQL = """
 SELECT
@@ -89,11 +91,6 @@ def setting_clause(assignment: str) -> sql.Composed:
     else:
         values = sql.SQL("{}").format(sql.Literal(value))
     return sql.SQL("SET {} = {}").format(sql.Identifier(name), values)
-
-
-def conninfo_dbname(name: str) -> str:
-    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
-    return f"dbname='{escaped}'"
 
 
 class PgRestore:
@@ -174,10 +171,46 @@ class PgRestore:
         limit = properties.get("connection_limit")
         if isinstance(limit, int) and limit >= 0:
             conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(limit)))
+        acl = properties.get("acl")
+        if acl is not None:
+            self._apply_database_acl(conn, name, acl, owner=properties.get("owner"))
         if properties.get("comment"):
             conn.execute(
                 sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(properties["comment"]))
             )
+
+    def _apply_database_acl(
+        self, conn: psycopg.Connection[Any], name: str, acl: list[dict[str, Any]], *, owner: str | None
+    ) -> None:
+        """Replace the default privileges with exactly the recorded ones."""
+        target = sql.Identifier(name)
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
+        current_owner = conn.execute(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        if current_owner:
+            conn.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                    target, sql.Identifier(str(current_owner[0]))
+                )
+            )
+        for item in acl:
+            if item["privilege"] not in DATABASE_PRIVILEGES:
+                raise DataError(f"the set records an unknown database privilege {item['privilege']!r}")
+            grantee = item["grantee"]
+            if grantee and not self.role_exists(conn, grantee):
+                log.warning(
+                    "role %s does not exist; not granting it %s on %s", grantee, item["privilege"], name
+                )
+                continue
+            who = sql.SQL("PUBLIC") if not grantee else sql.Identifier(grantee)
+            statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL(item["privilege"]), target, who
+            )
+            if item.get("grantable"):
+                statement += sql.SQL(" WITH GRANT OPTION")
+            conn.execute(statement)
 
     def restore_globals(self, script: bytes) -> list[str]:
         """Run the roles/tablespaces script; return errors other than "already exists"."""
@@ -213,7 +246,8 @@ class PgRestore:
             "--no-password",
             "--exit-on-error",
             "--single-transaction",
-            f"--dbname={conninfo_dbname(target)}",
+            # Empty: libpq takes the name from PGDATABASE, so no name is ever parsed from argv.
+            "--dbname=",
         ]
         env = execute.child_environment(child_env(self.endpoint, target))
         context = f"restoring {section} of {target}"
@@ -248,7 +282,8 @@ class PgRestore:
                 "--no-password",
                 "--exit-on-error",
                 f"--jobs={jobs}",
-                f"--dbname={conninfo_dbname(target)}",
+                # Empty: libpq takes the name from PGDATABASE, so no name is ever parsed from argv.
+                "--dbname=",
                 str(staged),
             ]
             env = execute.child_environment(child_env(self.endpoint, target))
@@ -272,6 +307,11 @@ class PgRestore:
         )
         try:
             conn.execute("SET synchronous_commit = off")
+            row = conn.execute(
+                "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database"
+                " WHERE datname = pg_catalog.current_database()"
+            ).fetchone()
+            set_stable_output(conn, str(row[0]) if row else "UTF8")
             with guard, conn.cursor() as cur, cur.copy(statement) as copy:
                 for chunk in iter_chunks(source):
                     copy.write(chunk)
