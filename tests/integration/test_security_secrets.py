@@ -147,16 +147,20 @@ def test_no_secret_on_any_command_line_with_mariadb(
     cli.write_config()
     secrets = [mariadb_server.password]
     watch, code, err = watched_run(cli, ["backup", "--database", mariadb_database], secrets)
+    if code == 78 and "is not available in this version" in err:
+        pytest.skip("the mysql engine is not wired into dbbackup yet")
     assert code == 0, err
     assert watch.leaks == []
-    watch, code, err = watched_run(
-        cli,
-        ["restore", "latest", "--database", mariadb_database, "--target-db", f"{mariadb_database}_r"],
-        secrets,
-    )
+    target = f"{mariadb_database}_r"
+    try:
+        watch, code, err = watched_run(
+            cli, ["restore", "latest", "--database", mariadb_database, "--target-db", target], secrets
+        )
+    finally:
+        mariadb_server.drop_database(target)
     assert code == 0, err
     assert watch.leaks == []
-    assert not list((tmp_path / "runtime").rglob("*.cnf"))
+    assert _runtime_entries(tmp_path / "runtime") == []
 
 
 def _log_runs(
