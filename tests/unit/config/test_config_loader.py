@@ -178,14 +178,14 @@ def test_unknown_key_names_file_line_and_suggestion(environ: dict[str, str], wri
 
 
 def test_unknown_sections_and_top_level_keys(environ: dict[str, str], write: WriteFile) -> None:
-    path = write("dbbackup.toml", 'engin = "mysql"\n[conection]\nhost = "x"\n[hooks.x]\na = 1\n')
+    path = write("dbbackup.toml", 'engin = "mysql"\n[conection]\nhost = "x"\n[plugins.x]\na = 1\n')
     with pytest.raises(ConfigError) as excinfo:
         load_config(config_file=None, instance=None, environ=environ)
     problems = problems_of(excinfo)
     assert problems[0].startswith(f'{path}:1: unknown key "engin" (did you mean "engine"?)')
     assert problems[1].startswith(f"{path}:2: unknown section [conection]")
     assert 'did you mean "connection"' in problems[1]
-    assert problems[2].startswith(f"{path}:4: unknown section [hooks]")
+    assert problems[2].startswith(f"{path}:4: unknown section [plugins]")
     assert "valid sections: connection, storage, backup" in problems[2]
 
 
