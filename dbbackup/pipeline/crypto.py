@@ -500,6 +500,9 @@ class _DecryptingRaw(io.RawIOBase):
         return data
 
     def _start(self) -> None:
+        self._fill(len(VERSION_LINE) + 1)
+        if self._buffer[: len(VERSION_LINE) + 1] != VERSION_LINE + b"\n":
+            raise DataError(f"{self._name}: not an age file (or its header is damaged)", hint=_DAMAGED_HINT)
         end = -1
         while end < 0:
             end = self._buffer.find(b"\n---", self._offset)
