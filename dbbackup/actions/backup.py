@@ -179,7 +179,7 @@ class BackupRun:
         return backupset.object_key(self.runtime.instance, set_id, relative)
 
     def _store_globals(self, engine: Engine, set_id: str) -> StoredObject:
-        relative = "globals.sql" + file_suffix(self.compression.algorithm)
+        relative = "globals.sql" + file_suffix(self.compression.algorithm) + _age(self.encryption.default)
         with objects.object_writer(
             self.runtime.storage,
             self._key(set_id, relative),
@@ -247,7 +247,8 @@ class BackupRun:
         return [results[i] for i in sorted(results)]
 
     def _run_task(self, set_id: str, directory: str, task: DumpTask) -> StoredObject:
-        relative = f"{directory}/{task.name}{file_suffix(self.compression.algorithm)}"
+        suffix = file_suffix(self.compression.algorithm) + _age(self._encryption_of[directory])
+        relative = f"{directory}/{task.name}{suffix}"
         with objects.object_writer(
             self.runtime.storage,
             self._key(set_id, relative),
@@ -259,6 +260,11 @@ class BackupRun:
         ) as (sink, done):
             task.run(_CountingSink(sink, self.progress, self.cancelled))
         return done[0]
+
+
+def _age(group: RecipientGroup | None) -> str:
+    """``.age`` after the compression suffix of an encrypted object, as the age tool names files."""
+    return ".age" if group is not None else ""
 
 
 class _CountingSink:

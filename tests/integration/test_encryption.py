@@ -90,6 +90,7 @@ def test_encrypted_set_decrypts_with_the_age_cli_and_matches_what_restore_loads(
     manifest = manifest_of(cli, made["id"])
     obj = table_object(manifest, tiny_db)
     assert obj["encryption"]["format"] == "age"
+    assert obj["key"].endswith(".zst.age")
     stored = cli.set_dir(made["id"]) / obj["key"]
     assert stored.read_bytes().startswith(b"age-encryption.org/v1\n")
     plain = subprocess.run(
