@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,13 +316,16 @@ class PromptedPassphrase:
         self._file = passphrase_file
         self._instance = instance
         self._identity: ScryptIdentity | None = None
+        self._lock = threading.Lock()  # restore workers must not ask twice
 
     def unwrap(self, stanzas: Sequence[crypto.Stanza]) -> bytes | None:
         if not any(s.type == "scrypt" for s in stanzas):
             return None
-        if self._identity is None:
-            self._identity = ScryptIdentity(self._resolve().encode())
-        return self._identity.unwrap(stanzas)
+        with self._lock:
+            if self._identity is None:
+                self._identity = ScryptIdentity(self._resolve().encode())
+            identity = self._identity
+        return identity.unwrap(stanzas)
 
     def _resolve(self) -> str:
         passphrase = os.environ.get(PASSPHRASE_ENV, "")
