@@ -24,10 +24,9 @@ from dbbackup.engines.postgres.connection import (
     PgEndpoint,
     child_env,
     connect,
-    cut_connection,
     stall_error,
 )
-from dbbackup.errors import DataError, DbBackupError, IOFailure, ServiceUnavailableError
+from dbbackup.errors import DataError, DbBackupError
 from dbbackup.stall import StallGuard
 
 log = logging.getLogger("dbbackup.postgres")
@@ -147,11 +146,12 @@ class PgDump:
             )
             for index, (schema, name, size, columns) in enumerate(tables, start=1):
                 table = TableRef(schema=str(schema), name=str(name), columns=[str(c) for c in columns])
+                copy_sql = copy_statement(table).as_string(control)
                 dump.parallel.append(
                     DumpTask(
                         f"data/{index:05d}.copy",
                         "table-data",
-                        self._copy_task(table),
+                        self._copy_task(table, copy_sql),
                         table=table,
                         size_hint=int(size),
                     )
@@ -234,34 +234,45 @@ class PgDump:
 
         return run
 
-    def _copy_task(self, table: TableRef) -> Callable[[Sink], None]:
+    def _copy_task(self, table: TableRef, copy_sql: str) -> Callable[[Sink], None]:
+        """COPY one table through psql, inside the exported snapshot.
+
+        psql streams COPY data in C with large writes; reading it in 1 MiB
+        pieces keeps this process's memory flat even for a row of hundreds of MB.
+        """
+
         def run(sink: Sink) -> None:
-            statement = sql.SQL("COPY {} ({}) TO STDOUT").format(
-                qualified(table.schema, table.name),
-                sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
+            argv = [
+                str(self.bindir / "psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "--no-password",
+                "--set=ON_ERROR_STOP=1",
+                "--command=BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                f"--command=SET TRANSACTION SNAPSHOT '{self.snapshot_id}'",
+                *(f"--command={statement}" for statement in STABLE_OUTPUT_SETTINGS),
+                f"--command={copy_sql}",
+                "--command=COMMIT",
+            ]
+            env = execute.child_environment(
+                {**child_env(self.endpoint, self.database), "PGCLIENTENCODING": self.encoding}
             )
-            if not table.columns:
-                statement = sql.SQL("COPY {} TO STDOUT").format(qualified(table.schema, table.name))
-            conn = connect(self.endpoint, self.database, autocommit=False)
-            guard = StallGuard(
-                self.endpoint.stall_timeout,
-                lambda: cut_connection(conn),
-                what=f"{self.database}: COPY of {table.schema}.{table.name}",
-            )
-            try:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
-                conn.execute("SET row_security = off")
-                set_stable_output(conn, self.encoding)
-                with guard:
-                    copy_rows(conn, statement, sink, guard)
-                conn.rollback()
-            except psycopg.Error as exc:
-                if guard.stalled:
-                    raise stall_error(guard.what, guard.timeout) from exc
-                raise copy_error(self.database, table, exc) from exc
-            finally:
-                conn.close()
+            what = f"{self.database}: COPY of {table.schema}.{table.name}"
+            with execute.Child(argv, env=env, deadline=self.deadline(), label="psql") as child:
+                guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
+                try:
+                    with guard:
+                        while chunk := child.stdout.read1(COPY_BATCH):
+                            guard.touch()
+                            sink.write(chunk)
+                except BaseException:
+                    child.kill()
+                    raise
+                failure = child.wait()
+            if guard.stalled:
+                raise stall_error(what, guard.timeout)
+            if failure is not None:
+                raise copy_failure(self.database, table, failure)
 
         return run
 
@@ -289,50 +300,44 @@ class PgDump:
         return run
 
 
+# What COPY's text depends on, pinned as pg_dump pins it, so no role or database
+# default (DateStyle DMY, extra_float_digits 0) changes a value on its way out.
+STABLE_OUTPUT_SETTINGS = (
+    "SET row_security = off",
+    "SET DateStyle = ISO",
+    "SET IntervalStyle = postgres",
+    "SET extra_float_digits = 3",
+)
+
+
 def set_stable_output(conn: psycopg.Connection[Any], encoding: str) -> None:
-    """Pin what COPY's text depends on, as pg_dump does, so no role or database default
-    (DateStyle DMY, extra_float_digits 0, another client encoding) changes a value."""
-    conn.execute("SET DateStyle = ISO")
-    conn.execute("SET IntervalStyle = postgres")
-    conn.execute("SET extra_float_digits = 3")
+    """The same settings for a psycopg session (restores), plus the client encoding."""
+    for statement in STABLE_OUTPUT_SETTINGS[1:]:
+        conn.execute(statement)
     conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
 
 
-def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed, sink: Sink, guard: StallGuard) -> None:
-    """Stream COPY rows into ``sink`` in ~1 MiB writes; a huge row goes through uncopied."""
-    batch = bytearray()
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        for row in copy:
-            guard.touch()
-            if len(row) >= COPY_BATCH:
-                if batch:
-                    sink.write(batch)
-                    batch.clear()
-                sink.write(row)
-                continue
-            batch += row
-            if len(batch) >= COPY_BATCH:
-                sink.write(batch)
-                batch.clear()
-    if batch:
-        sink.write(batch)
+def copy_statement(table: TableRef) -> sql.Composed:
+    if not table.columns:
+        return sql.SQL("COPY {} TO STDOUT").format(qualified(table.schema, table.name))
+    return sql.SQL("COPY {} ({}) TO STDOUT").format(
+        qualified(table.schema, table.name),
+        sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
+    )
 
 
-TOO_BIG_MARKERS = ("out of memory", "cannot enlarge string buffer", "invalid memory alloc request size")
-
-
-def copy_error(database: str, table: TableRef, exc: psycopg.Error) -> DbBackupError:
+def copy_failure(database: str, table: TableRef, failure: execute.ChildFailure) -> DbBackupError:
     where = f"{database}: table {table.schema}.{table.name}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    # Checked first: the server reports some of these as out-of-memory (an OperationalError).
-    if any(marker in text.lower() for marker in TOO_BIG_MARKERS) or isinstance(
-        exc, psycopg.errors.ProgramLimitExceeded
-    ):
+    lines = [line for line in failure.stderr_tail.splitlines() if line.strip()]
+    text = next((line for line in lines if "ERROR" in line or "FATAL" in line), lines[-1] if lines else "")
+    text = text.removeprefix("psql:").strip()
+    if any(marker in text.lower() for marker in TOO_BIG_MARKERS):
         return DataError(
             f"{where}: PostgreSQL cannot export a row of this table ({text})",
             hint="a value is too large for COPY (its text form exceeds 1 GB); "
             "store it in a large object or split it, then back up again",
         )
-    if isinstance(exc, psycopg.OperationalError):
-        return ServiceUnavailableError(f"{where}: the connection failed during COPY: {text}")
-    return IOFailure(f"{where}: COPY failed: {text}")
+    return execute.failure_to_error("psql", failure, f"{where}: COPY failed")
+
+
+TOO_BIG_MARKERS = ("out of memory", "cannot enlarge string buffer", "invalid memory alloc request size")
