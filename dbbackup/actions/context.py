@@ -69,6 +69,10 @@ class Runtime:
                 passfile = credentials.write_pgpass(self.workdir / "pgpass", password=password)
             endpoint = endpoint_from_settings(connection, password=password, passfile=passfile)
             return PostgresEngine(endpoint, timeout=timeout, direct=direct_from_settings(connection))
+        if engine_name == "mysql":
+            from dbbackup.engines.mysql import engine_from_settings
+
+            return engine_from_settings(self.settings, password=password, timeout=timeout)
         raise ConfigError(
             f"engine {engine_name!r} is not available in this version",
             hint='use engine = "postgres"',
