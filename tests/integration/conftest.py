@@ -223,7 +223,12 @@ def make_cli(tmp_path: Path) -> Iterator[MakeCli]:
             "user": user or "postgres",
             "connect_timeout": "10s",
         }
-        base_env = {"HOME": str(tmp_path), "RUNTIME_DIRECTORY": str(runtime)}
+        # Private runtime and state dirs: nothing of a test lands in /run or /var/lib.
+        base_env = {
+            "HOME": str(tmp_path),
+            "RUNTIME_DIRECTORY": str(runtime),
+            "STATE_DIRECTORY": str(tmp_path / "state"),
+        }
         secret = password if password is not None else (server.password if server else "")
         if secret:
             base_env["PGPASSWORD"] = secret
