@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, MakeCli, describe
+from harness.notify_socket import NotifySocket
 from prometheus_client.parser import text_string_to_metric_families
 from test_cleanup import write_set
 
@@ -28,48 +28,6 @@ from dbbackup.server import Handler, ServerState, make_server, run_server
 from dbbackup.storage import LocalStorage
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's; every message is parsed into a dict."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address  # what goes into NOTIFY_SOCKET
-        bind_to = "\0" + address[1:] if address.startswith("@") else address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(bind_to)
-        self.sock.settimeout(0.2)
-        self.messages: queue.Queue[dict[str, str]] = queue.Queue()
-        self.seen: list[dict[str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.messages.put(dict(line.split("=", 1) for line in data.decode().splitlines()))
-
-    def wait_for(self, key: str, timeout: float = 20.0) -> dict[str, str]:
-        """The next message carrying ``key``; fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(message)
-            if key in message:
-                return message
-        raise AssertionError(f"no {key}= within {timeout}s; got {self.seen}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture
