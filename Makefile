@@ -41,6 +41,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check dbbackup tests scripts
 	$(VENV)/bin/mypy
 
+bench: $(STAMP)
+	$(PY) bench/pg_restore_parallel.py
+	$(PY) bench/metrics_1000_sets.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
@@ -60,6 +64,8 @@ RPM_TOP = $(CURDIR)/$(PKG_BUILD)/rpm
 # Packages are built with the distribution's python3 and its modules: a
 # python3 from pyenv or an activated venv earlier in PATH must not leak in.
 SYSTEM_PATH := PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# Extra rpmbuild options, e.g. RPMBUILD_ARGS="--define 'python3_pkgversion 3.11'".
+RPMBUILD_ARGS ?=
 # Debian's rpm lacks Fedora's macros and cannot see Debian's packages as
 # build dependencies; elsewhere the real macros and dependency checks apply.
 RPM_COMPAT = $(if $(shell rpm --eval '%{?pyproject_wheel:yes}' 2>/dev/null),,--nodeps \
@@ -79,7 +85,7 @@ rpm:
 	tar -czf $(RPM_TOP)/SOURCES/dbbackup-$(VERSION).tar.gz $(PKG_EXCLUDES) \
 		--transform 's,^,dbbackup-$(VERSION)/,' $(PKG_SOURCES)
 	cp systemd/sysusers.d/dbbackup.conf $(RPM_TOP)/SOURCES/dbbackup.sysusers
-	$(SYSTEM_PATH) rpmbuild -ba --define '_topdir $(RPM_TOP)' $(RPM_COMPAT) packaging/rpm/dbbackup.spec
+	$(SYSTEM_PATH) rpmbuild -ba --define '_topdir $(RPM_TOP)' $(RPM_COMPAT) $(RPMBUILD_ARGS) packaging/rpm/dbbackup.spec
 	cp $(RPM_TOP)/RPMS/noarch/*.rpm $(RPM_TOP)/SRPMS/*.src.rpm $(DIST)/
 
 selinux:
