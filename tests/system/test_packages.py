@@ -93,7 +93,8 @@ class Built:
 @pytest.fixture(scope="module")
 def built() -> Iterator[Built]:
     """`make deb rpm` in a temp copy of the repository; the packages stay until the module ends."""
-    need("make", "dpkg-buildpackage", "dh", "dh_python3", "rpmbuild", "rpm2cpio", "cpio", "checkmodule")
+    need("make", "dpkg-buildpackage", "dh", "dh_python3", "checkmodule")
+    need("rpmbuild", "rpm2cpio", "cpio", "bzip2")
     work = Path(tempfile.mkdtemp(prefix="dbbackup-pkg-build-"))
     try:
         tree = work / "src"
