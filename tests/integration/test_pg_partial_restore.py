@@ -199,3 +199,25 @@ def test_sigterm_stops_a_restore_promptly_and_it_is_not_marked_done(
     resumed = cli.run("restore", set_id, "-d", pg_database, "--target-db", target, "--resume")
     assert resumed.returncode == EX_OK, cli.describe(resumed)
     assert pg_fingerprint(pg_server, target) == pg_fingerprint(pg_server, pg_database)
+
+
+def test_cluster_restore_keeps_the_connecting_roles_password(make_cli: MakeCli, tmp_path: Path) -> None:
+    """A new server's superuser password must survive restoring the old server's roles."""
+    server = PostgresServer()
+    server.start()
+    try:
+        server.execute("CREATE ROLE app_login LOGIN PASSWORD 'app-secret-1'")
+        cli = make_cli(server, env={"STATE_DIRECTORY": str(tmp_path / "state")})
+        set_id = str(cli.backup("--all")["id"])
+        # As on a rebuilt host: same roles to come, but the admin has a new password.
+        new_password = "rebuilt-host-" + secrets.token_hex(8)
+        server.execute(f"ALTER ROLE postgres PASSWORD '{new_password}'")
+        server.password = new_password
+        server.execute("DROP ROLE app_login")
+        done = cli.run("restore", set_id, "--all", "--clean", env={"PGPASSWORD": new_password})
+        assert done.returncode == EX_OK, cli.describe(done)
+        assert server.query("SELECT 1")[0][0] == 1  # the admin still logs in with the new password
+        roles = server.query("SELECT rolname FROM pg_roles WHERE rolname = 'app_login'")
+        assert roles == [("app_login",)]
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ the object's checksum has been proven, so corrupt bytes never land.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ SELECT
     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
 + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')
 """
+
+
+def keep_password_of(script: bytes, role: str) -> bytes:
+    """Drop the PASSWORD clause from pg_dumpall's ``ALTER ROLE`` line for ``role``."""
+    if not role:
+        return script
+    quoted = sql.Identifier(role).as_string(None)
+    heads = {f"ALTER ROLE {quoted} WITH ".encode(), f"ALTER ROLE {role} WITH ".encode()}
+    lines = script.split(b"\n")
+    for index, line in enumerate(lines):
+        if any(line.startswith(head) for head in heads):
+            lines[index] = re.sub(rb" PASSWORD '(?:[^']|'')*'", b"", line)
+    return b"\n".join(lines)
 
 
 def split_guc_list(value: str) -> list[str]:
@@ -213,7 +227,14 @@ class PgRestore:
             conn.execute(statement)
 
     def restore_globals(self, script: bytes) -> list[str]:
-        """Run the roles/tablespaces script; return errors other than "already exists"."""
+        """Run the roles/tablespaces script; return errors other than "already exists".
+
+        The role dbbackup is connected as keeps its password: taking the old
+        server's one would lock this very restore (and its admin) out.
+        """
+        with self._admin_avoiding("") as conn:
+            row = conn.execute("SELECT current_user").fetchone()
+        script = keep_password_of(script, str(row[0]) if row else "")
         argv = [
             str(self.bindir / "psql"),
             "--no-psqlrc",
