@@ -321,12 +321,23 @@ def run_backup(runtime: Runtime, request: BackupRequest, progress: Progress) -> 
     }
     lock_path = fsutil.runtime_dir() / f"backup-{runtime.instance}.lock"
     try:
+        # Built before the lock, the hooks and the run record in the catalog: a run that
+        # its configuration refuses (encryption.require) must write nothing at all.
+        backup_run = BackupRun(runtime, request, progress)
+    except DbBackupError as exc:
+        log.error(
+            "backup failed: %s", exc.message, extra={"event": "backup_failed", "exit_code": exc.exit_code}
+        )
+        send_failure_alert(runtime.settings, exc)
+        progress.close()
+        raise
+    try:
         with fsutil.file_lock(lock_path, wait=settings.backup.lock_wait, what=f"instance {runtime.instance}"):
             run_hook(
                 "before_backup", hooks.before_backup, timeout=hooks.timeout, fields=fields, required=True
             )
             try:
-                manifest = BackupRun(runtime, request, progress).execute()
+                manifest = backup_run.execute()
             except DbBackupError as exc:
                 failed = {
                     **fields,
