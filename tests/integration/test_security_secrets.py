@@ -239,6 +239,7 @@ def test_passfile_is_private_while_used_and_gone_after_sigterm(
     secret_cli: tuple[Cli, list[str]], busy_database: str, tmp_path: Path
 ) -> None:
     cli, secrets = secret_cli
+    cli.set("backup", "compression", "xz")  # slow enough to be stopped in the middle
     runtime = Path(cli.env["RUNTIME_DIRECTORY"])
     proc = cli.popen("backup", "--database", busy_database)
     deadline = time.monotonic() + 60
