@@ -27,6 +27,7 @@ from dbbackup.errors import (
     DataError,
     DbBackupError,
     InputMissingError,
+    InternalError,
     IOFailure,
     PermissionDeniedError,
     ServiceUnavailableError,
@@ -69,7 +70,7 @@ class MyEndpoint:
     user: str
     sslmode: str
     connect_timeout: float
-    io_timeout: float
+    io_timeout: float  # silence after which a stream is taken for dead; 0 = never
     lock_timeout: float
     statement_timeout: float
     password: str | None = None
@@ -92,7 +93,7 @@ def endpoint_from_settings(connection: Any, *, password: str | None, home: Path 
     option_file = None
     if home is not None and (home / ".my.cnf").is_file():
         option_file = home / ".my.cnf"
-    idle = float(connection.idle_timeout)
+    stall = float(getattr(connection, "stall_timeout", connection.idle_timeout))
     return MyEndpoint(
         host=host or "localhost",
         port=int(connection.port or DEFAULT_PORT),
@@ -100,8 +101,7 @@ def endpoint_from_settings(connection: Any, *, password: str | None, home: Path 
         user=str(connection.user or ""),
         sslmode=str(connection.sslmode),
         connect_timeout=max(1.0, float(connection.connect_timeout)),
-        # A server that sends nothing for this long is taken for dead.
-        io_timeout=idle if idle > 0 else 3600.0,
+        io_timeout=max(0.0, stall),
         lock_timeout=float(connection.lock_timeout),
         statement_timeout=float(connection.statement_timeout),
         password=password,
@@ -140,7 +140,7 @@ def describe_error(exc: BaseException, context: str, endpoint: MyEndpoint | None
         )
     if code == 1049:
         return InputMissingError(f"{where}{text}", hint="check the database name ('dbbackup list')")
-    if code in (1148, 3948, 2068):
+    if code in (1148, 3948, 4166, 2068):
         return ConfigError(
             f"{where}the server refuses LOAD DATA LOCAL INFILE: {text}",
             hint="enable it on the server: SET GLOBAL local_infile = ON (MySQL 8 ships with it off)",
@@ -172,7 +172,7 @@ def describe_error(exc: BaseException, context: str, endpoint: MyEndpoint | None
         return ServiceUnavailableError(
             f"{where}the server{where_server} stopped answering or refused the connection: {text}",
             hint="check that the server runs and connection.host/port are right; the connect "
-            "timeout and the silence allowed (connection.idle_timeout) are "
+            "timeout and the silence allowed (connection.stall_timeout) are "
             + (f"{endpoint.connect_timeout:g} s and {endpoint.io_timeout:g} s" if endpoint else "set"),
         )
     if isinstance(exc, pymysql.err.DataError):
@@ -209,8 +209,9 @@ def connect(
         "use_unicode": False,
         "conv": RAW_CONVERSIONS,
         "connect_timeout": endpoint.connect_timeout,
-        "read_timeout": endpoint.io_timeout,
-        "write_timeout": endpoint.io_timeout,
+        # The handshake and session setup get the connect timeout; see _stream_timeouts.
+        "read_timeout": endpoint.connect_timeout,
+        "write_timeout": endpoint.connect_timeout,
         "autocommit": autocommit,
         "local_infile": local_infile,
         "max_allowed_packet": CLIENT_MAX_PACKET,
@@ -238,6 +239,7 @@ def connect(
         raise describe_error(exc, f"{context} to {endpoint.display}", endpoint) from exc
     try:
         _apply_session_limits(conn, endpoint)
+        _stream_timeouts(conn, endpoint.io_timeout or None)
     except pymysql.err.Error as exc:
         conn.close()
         raise describe_error(exc, context, endpoint) from exc
@@ -247,8 +249,21 @@ def connect(
     return conn
 
 
+def _stream_timeouts(conn: MyConnection, seconds: float | None) -> None:
+    """From now on, silence is allowed for ``seconds`` (None: forever) per socket operation.
+
+    PyMySQL has no public setter, but reads these two attributes before every
+    socket read and write (1.0 to 1.2 alike), and has applied only the connect
+    timeout so far, so a frozen server cannot hold the handshake for longer.
+    """
+    for name in ("_read_timeout", "_write_timeout"):
+        if not hasattr(conn, name):
+            raise InternalError(f"PyMySQL {pymysql.__version__} lacks {name}; cannot bound waits")
+        setattr(conn, name, seconds)
+
+
 def _apply_session_limits(conn: MyConnection, endpoint: MyEndpoint) -> None:
-    io_wait = max(1, int(endpoint.io_timeout))
+    io_wait = max(1, int(endpoint.io_timeout)) if endpoint.io_timeout else 31536000
     # 0 means "no limit" in the settings; the servers' own largest values stand for it.
     lock_wait = max(1, min(31536000, int(endpoint.lock_timeout or 31536000)))
     row_lock_wait = max(1, min(1073741824, int(endpoint.lock_timeout or 1073741824)))

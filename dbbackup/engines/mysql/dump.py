@@ -235,7 +235,7 @@ class MyDump:
         short = any(c.kind != "long" for c in columns)
 
         def run(sink: Sink) -> None:
-            conn = self._pool.get(timeout=self.endpoint.io_timeout)
+            conn = self._pool.get(timeout=self.endpoint.io_timeout or None)
             if conn is None:
                 self._pool.put(None)
                 raise IOFailure(f"{self.database}: table {info.name} not dumped: an earlier table failed")
@@ -270,16 +270,20 @@ def _stream_rows(conn: MyConnection, statement: str, sink: Sink, *, short: bool)
     count = 0
     while rows := cursor.fetchmany(FETCH_ROWS):
         for row in rows:
-            line = _line(row, short)
+            fields = _fields(row, short)
             count += 1
-            if len(line) >= WRITE_CHUNK:
+            if sum(len(field) for field in fields) >= WRITE_CHUNK:
+                # A huge row goes out field by field: no copy of it is ever joined.
                 if buffer:
                     sink.write(buffer)
                     buffer = bytearray()
-                sink.write(line)
+                for index, field in enumerate(fields):
+                    if index:
+                        sink.write(tsv.TAB)
+                    sink.write(field)
                 sink.write(tsv.NEWLINE)
                 continue
-            buffer += line
+            buffer += tsv.TAB.join(fields) if len(fields) > 1 else fields[0]
             buffer += tsv.NEWLINE
             if len(buffer) >= WRITE_CHUNK:
                 sink.write(buffer)
@@ -290,18 +294,17 @@ def _stream_rows(conn: MyConnection, statement: str, sink: Sink, *, short: bool)
     return count
 
 
-def _line(row: tuple[Any, ...], short: bool) -> bytes:
+def _fields(row: tuple[Any, ...], short: bool) -> list[bytes]:
+    """The fields of one line: the server-formatted part (if any), then long values escaped here."""
     if not short:
-        return tsv.TAB.join([tsv.escape(value) for value in row])
+        return [tsv.escape(value) for value in row]
     head = row[0]
     if head is None:
         raise DataError(
             "a row's text form is larger than the server's max_allowed_packet",
             hint="raise it on the server (SET GLOBAL max_allowed_packet = 1073741824) and back up again",
         )
-    if len(row) == 1:
-        return bytes(head)
-    return tsv.TAB.join([head, *(tsv.escape(value) for value in row[1:])])
+    return [bytes(head), *(tsv.escape(value) for value in row[1:])]
 
 
 def _constant(data: bytes) -> Callable[[Sink], None]:

@@ -310,13 +310,6 @@ STABLE_OUTPUT_SETTINGS = (
 )
 
 
-def set_stable_output(conn: psycopg.Connection[Any], encoding: str) -> None:
-    """The same settings for a psycopg session (restores), plus the client encoding."""
-    for statement in STABLE_OUTPUT_SETTINGS[1:]:
-        conn.execute(statement)
-    conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
-
-
 def copy_statement(table: TableRef) -> sql.Composed:
     if not table.columns:
         return sql.SQL("COPY {} TO STDOUT").format(qualified(table.schema, table.name))

@@ -22,10 +22,9 @@ from dbbackup.engines.postgres.connection import (
     PgEndpoint,
     child_env,
     connect,
-    cut_connection,
     stall_error,
 )
-from dbbackup.engines.postgres.dump import qualified, set_stable_output
+from dbbackup.engines.postgres.dump import STABLE_OUTPUT_SETTINGS, copy_statement
 from dbbackup.errors import (
     CannotCreateError,
     DataError,
@@ -46,6 +45,9 @@ LIST_SETTINGS = {
     "local_preload_libraries",
     "unix_socket_directories",
 }
+
+# COPY FROM reads dates and intervals as COPY TO wrote them; durability waits for the end.
+RESTORE_SETTINGS = ("SET synchronous_commit = off", *STABLE_OUTPUT_SETTINGS[1:])
 
 DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 
@@ -112,6 +114,7 @@ class PgRestore:
         self.endpoint = endpoint
         self.bindir = bindir
         self.deadline = deadline
+        self._encodings: dict[str, str] = {}
 
     def _admin(self) -> psycopg.Connection[Any]:
         return connect(self.endpoint, self.endpoint.maintenance_db)
@@ -313,39 +316,63 @@ class PgRestore:
             ) as child:
                 child.check(timeout=self.deadline(), context=f"restoring {section} of {target}")
 
+    def _encoding_of(self, target: str) -> str:
+        if target not in self._encodings:
+            with connect(self.endpoint, target) as conn:
+                row = conn.execute(
+                    "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database"
+                    " WHERE datname = pg_catalog.current_database()"
+                ).fetchone()
+            self._encodings[target] = str(row[0]) if row else "UTF8"
+        return self._encodings[target]
+
     def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
-        """COPY one table's rows in; commit only after ``finish`` proved the checksum."""
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(qualified(table.schema, table.name), columns)
-        if not table.columns:
-            statement = sql.SQL("COPY {} FROM STDIN").format(qualified(table.schema, table.name))
-        written = 0
-        conn = connect(self.endpoint, target, autocommit=False)
-        guard = StallGuard(
-            self.endpoint.stall_timeout,
-            lambda: cut_connection(conn),
-            what=f"{target}: COPY into {table.schema}.{table.name}",
+        """COPY one table's rows in through psql; COMMIT is sent only after ``finish``
+        proved the object's checksum, so damaged bytes are never committed."""
+        copy_sql = copy_statement(table).as_string(None).replace(" TO STDOUT", " FROM STDIN")
+        header = "".join(f"{statement};\n" for statement in (*RESTORE_SETTINGS, "BEGIN", copy_sql))
+        argv = [
+            str(self.bindir / "psql"),
+            "--no-psqlrc",
+            "--quiet",
+            "--no-password",
+            "--set=ON_ERROR_STOP=1",
+            "--file=-",
+        ]
+        env = execute.child_environment(
+            {**child_env(self.endpoint, target), "PGCLIENTENCODING": self._encoding_of(target)}
         )
-        try:
-            conn.execute("SET synchronous_commit = off")
-            row = conn.execute(
-                "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database"
-                " WHERE datname = pg_catalog.current_database()"
-            ).fetchone()
-            set_stable_output(conn, str(row[0]) if row else "UTF8")
-            with guard, conn.cursor() as cur, cur.copy(statement) as copy:
-                for chunk in iter_chunks(source):
-                    copy.write(chunk)
-                    guard.touch()
-                    written += len(chunk)
-                finish()
-            conn.commit()
-        except psycopg.Error as exc:
-            if guard.stalled:
-                raise stall_error(guard.what, guard.timeout) from exc
-            raise table_load_error(target, table, exc) from exc
-        finally:
-            conn.close()
+        what = f"{target}: COPY into {table.schema}.{table.name}"
+        written = 0
+        with execute.Child(
+            argv, env=env, deadline=self.deadline(), stdin=execute.PIPE, stdout=execute.DEVNULL, label="psql"
+        ) as child:
+            guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
+            try:
+                with guard:
+                    child.stdin.write(header.encode())
+                    for chunk in iter_chunks(source):
+                        child.stdin.write(chunk)
+                        guard.touch()
+                        written += len(chunk)
+                    finish()
+                    child.stdin.write(b"\\.\nCOMMIT;\n")
+                    child.stdin.close()
+            except BrokenPipeError:
+                failure = child.wait()
+                if guard.stalled:
+                    raise stall_error(what, guard.timeout) from None
+                if failure is not None:
+                    raise execute.failure_to_error("psql", failure, f"{what} failed") from None
+                raise IOFailure(f"{what}: psql stopped reading its input") from None
+            except BaseException:
+                child.kill()
+                raise
+            failure = child.wait(timeout=self.deadline())
+        if guard.stalled:
+            raise stall_error(what, guard.timeout)
+        if failure is not None:
+            raise execute.failure_to_error("psql", failure, f"{what} failed")
         return written
 
     def restore_sql(self, target: str, script: bytes) -> None:
