@@ -47,7 +47,8 @@ def now_in(zone: tzinfo) -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
+    # Milliseconds: sets started within the same second still order by time.
+    return moment.isoformat(timespec="milliseconds")
 
 
 def new_set_id(started: datetime, kind: str = "full") -> str:

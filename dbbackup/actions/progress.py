@@ -60,6 +60,8 @@ class Progress:
         self._heartbeat_stop = threading.Event()
 
         def beat() -> None:
+            # The first beat at once: a run is "progressing" from its first second.
+            self._notify_status(extend=True)
             while not self._heartbeat_stop.wait(period):
                 self._notify_status(extend=True)
 
