@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,21 @@ def translated_errors(context: str) -> Iterator[None]:
         if kind is PermissionDeniedError:
             raise PermissionDeniedError(f"{context}: {first}") from exc
         raise IOFailure(f"{context}: {first}") from exc
+
+
+def cut_connection(conn: psycopg.Connection[Any]) -> None:
+    """Shut the connection's socket so a read blocked on a silent peer fails at once."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 def stall_error(where: str, timeout: float) -> DbBackupError:

@@ -22,6 +22,7 @@ from dbbackup.engines.postgres.connection import (
     PgEndpoint,
     child_env,
     connect,
+    cut_connection,
     stall_error,
 )
 from dbbackup.engines.postgres.dump import STABLE_OUTPUT_SETTINGS, copy_statement
@@ -114,7 +115,6 @@ class PgRestore:
         self.endpoint = endpoint
         self.bindir = bindir
         self.deadline = deadline
-        self._encodings: dict[str, str] = {}
 
     def _admin(self) -> psycopg.Connection[Any]:
         return connect(self.endpoint, self.endpoint.maintenance_db)
@@ -316,63 +316,41 @@ class PgRestore:
             ) as child:
                 child.check(timeout=self.deadline(), context=f"restoring {section} of {target}")
 
-    def _encoding_of(self, target: str) -> str:
-        if target not in self._encodings:
-            with connect(self.endpoint, target) as conn:
-                row = conn.execute(
-                    "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database"
-                    " WHERE datname = pg_catalog.current_database()"
-                ).fetchone()
-            self._encodings[target] = str(row[0]) if row else "UTF8"
-        return self._encodings[target]
-
     def restore_table(self, target: str, table: TableRef, source: Source, finish: Callable[[], None]) -> int:
-        """COPY one table's rows in through psql; COMMIT is sent only after ``finish``
-        proved the object's checksum, so damaged bytes are never committed."""
-        copy_sql = copy_statement(table).as_string(None).replace(" TO STDOUT", " FROM STDIN")
-        header = "".join(f"{statement};\n" for statement in (*RESTORE_SETTINGS, "BEGIN", copy_sql))
-        argv = [
-            str(self.bindir / "psql"),
-            "--no-psqlrc",
-            "--quiet",
-            "--no-password",
-            "--set=ON_ERROR_STOP=1",
-            "--file=-",
-        ]
-        env = execute.child_environment(
-            {**child_env(self.endpoint, target), "PGCLIENTENCODING": self._encoding_of(target)}
-        )
-        what = f"{target}: COPY into {table.schema}.{table.name}"
+        """COPY one table's rows in; commit only after ``finish`` proved the checksum.
+
+        In-process: one session per table sends 1 MiB COPY messages, which is as
+        fast as psql here and spares a process and a login per table.
+        """
+        statement = sql.SQL(copy_statement(table).as_string(None).replace(" TO STDOUT", " FROM STDIN"))
         written = 0
-        with execute.Child(
-            argv, env=env, deadline=self.deadline(), stdin=execute.PIPE, stdout=execute.DEVNULL, label="psql"
-        ) as child:
-            guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
-            try:
-                with guard:
-                    child.stdin.write(header.encode())
-                    for chunk in iter_chunks(source):
-                        child.stdin.write(chunk)
-                        guard.touch()
-                        written += len(chunk)
-                    finish()
-                    child.stdin.write(b"\\.\nCOMMIT;\n")
-                    child.stdin.close()
-            except BrokenPipeError:
-                failure = child.wait()
-                if guard.stalled:
-                    raise stall_error(what, guard.timeout) from None
-                if failure is not None:
-                    raise execute.failure_to_error("psql", failure, f"{what} failed") from None
-                raise IOFailure(f"{what}: psql stopped reading its input") from None
-            except BaseException:
-                child.kill()
-                raise
-            failure = child.wait(timeout=self.deadline())
-        if guard.stalled:
-            raise stall_error(what, guard.timeout)
-        if failure is not None:
-            raise execute.failure_to_error("psql", failure, f"{what} failed")
+        conn = connect(self.endpoint, target, autocommit=False)
+        guard = StallGuard(
+            self.endpoint.stall_timeout,
+            lambda: cut_connection(conn),
+            what=f"{target}: COPY into {table.schema}.{table.name}",
+        )
+        try:
+            for setting in RESTORE_SETTINGS:
+                conn.execute(setting)
+            conn.execute(
+                "SELECT pg_catalog.set_config('client_encoding',"
+                " pg_catalog.pg_encoding_to_char(encoding), false)"
+                " FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()"
+            )
+            with guard, conn.cursor() as cur, cur.copy(statement) as copy:
+                for chunk in iter_chunks(source):
+                    copy.write(chunk)
+                    guard.touch()
+                    written += len(chunk)
+                finish()
+            conn.commit()
+        except psycopg.Error as exc:
+            if guard.stalled:
+                raise stall_error(guard.what, guard.timeout) from exc
+            raise table_load_error(target, table, exc) from exc
+        finally:
+            conn.close()
         return written
 
     def restore_sql(self, target: str, script: bytes) -> None:
