@@ -68,6 +68,7 @@ class PostgresEngine:
         self._deadline_at = time.monotonic() + timeout if timeout > 0 else float("inf")
         self._info: ServerInfo | None = None
         self._bindir: Path | None = None
+        self._restore: PgRestore | None = None
 
     def remaining(self) -> float:
         """Seconds left before the run's deadline; children are killed at it."""
@@ -158,7 +159,10 @@ class PostgresEngine:
             yield dump
 
     def _restorer(self) -> PgRestore:
-        return PgRestore(self.endpoint, self.bindir, deadline=self.remaining)
+        # Made once the endpoint is settled (after pooler detection), then reused.
+        if self._restore is None:
+            self._restore = PgRestore(self.endpoint, self.bindir, deadline=self.remaining)
+        return self._restore
 
     def database_exists(self, name: str) -> bool:
         with translated_errors(f"checking database {name}"):
@@ -182,7 +186,10 @@ class PostgresEngine:
         self._restorer().restore_sql(target, script)
 
     def close(self) -> None:
-        """Nothing is held between calls; connections are per task."""
+        """Close the restore sessions kept between tables."""
+        if self._restore is not None:
+            self._restore.close()
+            self._restore = None
 
 
 def is_connection_error(exc: BaseException) -> bool:
