@@ -204,6 +204,22 @@ class PgDump:
             ],
         }
 
+    def _stream(self, child: execute.Child, sink: Sink, what: str) -> execute.ChildFailure | None:
+        """Copy a child's stdout into ``sink``; a stream that stops moving is cut (69)."""
+        guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
+        try:
+            with guard:
+                while chunk := child.stdout.read1(COPY_BATCH):
+                    guard.touch()
+                    sink.write(chunk)
+        except BaseException:
+            child.kill()
+            raise
+        failure = child.wait()
+        if guard.stalled:
+            raise stall_error(what, guard.timeout)
+        return failure
+
     def _pg_dump_task(self, extra: list[str]) -> Callable[[Sink], None]:
         def run(sink: Sink) -> None:
             argv = [
@@ -218,19 +234,9 @@ class PgDump:
             env = execute.child_environment(child_env(self.endpoint, self.database))
             what = f"pg_dump of {self.database}"
             with execute.Child(argv, env=env, deadline=self.deadline(), label="pg_dump") as child:
-                guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
-                try:
-                    with guard:
-                        while chunk := child.stdout.read1(COPY_BATCH):
-                            guard.touch()
-                            sink.write(chunk)
-                except BaseException:
-                    child.kill()
-                    raise
-                if guard.stalled:
-                    child.wait()
-                    raise stall_error(what, guard.timeout)
-                child.check(context=f"dumping {self.database}")
+                failure = self._stream(child, sink, what)
+            if failure is not None:
+                raise execute.failure_to_error("pg_dump", failure, f"dumping {self.database}")
 
         return run
 
@@ -259,18 +265,7 @@ class PgDump:
             )
             what = f"{self.database}: COPY of {table.schema}.{table.name}"
             with execute.Child(argv, env=env, deadline=self.deadline(), label="psql") as child:
-                guard = StallGuard(self.endpoint.stall_timeout, child.kill, what=what)
-                try:
-                    with guard:
-                        while chunk := child.stdout.read1(COPY_BATCH):
-                            guard.touch()
-                            sink.write(chunk)
-                except BaseException:
-                    child.kill()
-                    raise
-                failure = child.wait()
-            if guard.stalled:
-                raise stall_error(what, guard.timeout)
+                failure = self._stream(child, sink, what)
             if failure is not None:
                 raise copy_failure(self.database, table, failure)
 
