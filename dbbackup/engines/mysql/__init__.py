@@ -19,8 +19,10 @@ decoding every field in Python read 17 MB/s; letting the server escape the
 short columns and send one field per row read 40 MB/s, close to mariadb-dump
 on the same machine. Restoring the same rows took 6.9 s with LOAD DATA LOCAL
 fed from a pipe and 21.7 s with multi-row INSERTs of max_allowed_packet size.
-LOAD DATA also takes rows larger than max_allowed_packet (a 40 MB row loaded
-into a server limited to 16 MB), so a huge value never has to be split.
+LOAD DATA also takes rows larger than max_allowed_packet (two 256 MiB rows
+loaded into a server limited to 16 MiB), so a huge value never has to be
+split; the limit that does matter is InnoDB's redo log, which must be ten
+times the largest row (see ``load``).
 
 MariaDB and MySQL are told apart by ``@@version`` (and ``@@version_comment``).
 MySQL 8 specifics:

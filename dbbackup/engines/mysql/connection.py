@@ -150,6 +150,10 @@ def describe_error(exc: BaseException, context: str, endpoint: MyEndpoint | None
             f"{where}a value is larger than the server's max_allowed_packet: {text}",
             hint="raise it on the server (SET GLOBAL max_allowed_packet = 1073741824) and retry",
         )
+    if code == 1118:
+        return DataError(
+            f"{where}{text}", hint="raise innodb_log_file_size (MySQL 8.0.30+: innodb_redo_log_capacity)"
+        )
     if code in (1205, 1213):
         return TemporaryFailure(
             f"{where}{text}", hint="another session holds a conflicting lock; retry later"

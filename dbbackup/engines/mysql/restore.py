@@ -1,14 +1,13 @@
-"""Restoring into MySQL/MariaDB: target database, schema scripts, table rows, accounts.
+"""Restoring into MySQL/MariaDB: target database, schema scripts, accounts; rows via ``load``.
 
-Table rows go in with ``LOAD DATA LOCAL INFILE`` fed through a pipe, in one
-transaction that commits only after the object's checksum has been proven
-and the server reported no warning: corrupt, cut or altered rows never land.
+Scripts run statement by statement on one session, so an error names the
+statement; grants whose table or routine does not exist yet are kept and
+applied after each database's post-data.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ import pymysql
 
 from dbbackup.backupset import TableRef
 from dbbackup.engines.base import Source, iter_chunks
-from dbbackup.engines.mysql import infile, script, tsv
+from dbbackup.engines.mysql import load, script
 from dbbackup.engines.mysql.connection import (
     Flavor,
     MyConnection,
@@ -32,14 +31,10 @@ from dbbackup.engines.mysql.connection import (
     quote_ident,
     text,
 )
-from dbbackup.errors import CannotCreateError, DataError, DbBackupError, IOFailure, PermissionDeniedError
+from dbbackup.errors import CannotCreateError
 
 log = logging.getLogger("dbbackup.mysql")
 
-# Restored rows are what the server once accepted; only NO_AUTO_VALUE_ON_ZERO
-# matters (a stored 0 stays 0), and any conversion shows up as a warning.
-LOAD_SQL_MODE = "NO_AUTO_VALUE_ON_ZERO,ALLOW_INVALID_DATES"
-FEEDER_JOIN_TIMEOUT = 60.0
 # Errors that mean an object a grant names is not there yet.
 MISSING_OBJECT_CODES = frozenset({1146, 1305, 1049, 1054})
 CONNECTION_LOST_CODES = frozenset({2006, 2013, 2003, 2002, 1927, 1053})
@@ -50,40 +45,12 @@ def _snippet(statement: bytes) -> str:
     return first[:100] + ("..." if len(first) > 100 else "")
 
 
-class _Feeder(threading.Thread):
-    """Copies a source into the write end of a pipe; remembers what went wrong."""
-
-    def __init__(self, source: Source, fd: int) -> None:
-        super().__init__(name="load-feeder", daemon=True)
-        self.source = source
-        self.fd = fd
-        self.error: BaseException | None = None
-        self.written = 0
-        self.lines = tsv.LineTracker()
-        self.broken_pipe = False
-
-    def run(self) -> None:
-        try:
-            with os.fdopen(self.fd, "wb", buffering=0) as pipe:
-                for chunk in iter_chunks(self.source):
-                    self.lines.feed(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        sent = pipe.write(view)
-                        view = view[sent or 0 :]
-                    self.written += len(chunk)
-        except BrokenPipeError:
-            # The load ended early (the server refused it); its error is the one to report.
-            self.broken_pipe = True
-        except BaseException as exc:  # noqa: BLE001 - handed to the loading thread
-            self.error = exc
-
-
 class MyRestore:
     def __init__(self, endpoint: MyEndpoint, flavor: Callable[[], Flavor]) -> None:
         self.endpoint = endpoint
         self.flavor = flavor
         self._deferred_grants: list[bytes] = []
+        self._row_limit: int | None = None
         self._deferred_lock = threading.Lock()
 
     def _connect(self, database: str | None, context: str, **kwargs: Any) -> MyConnection:
@@ -203,73 +170,12 @@ class MyRestore:
         """Load one table's rows; commit only after ``finish`` proved the checksum."""
         where = f"{target}: table {table.name}"
         conn = self._connect(target, f"restoring {where}", autocommit=False, local_infile=True)
-        read_fd, write_fd = os.pipe()
-        feeder = _Feeder(source, write_fd)
-        try:
-            with closing(conn):
-                try:
-                    execute(
-                        conn,
-                        f"SET sql_mode = '{LOAD_SQL_MODE}', foreign_key_checks = 0, unique_checks = 0",
-                    )
-                    statement = tsv.load_statement(
-                        f"/dev/fd/{read_fd}", table.name, table.columns, self._converted(conn, target, table)
-                    )
-                    feeder.start()
-                    with infile.allow(conn, f"/dev/fd/{read_fd}"):
-                        execute(conn, statement)
-                    warnings = query(conn, "SHOW WARNINGS")
-                except infile.InfileRefused as exc:
-                    raise PermissionDeniedError(f"restoring {where}: {exc.args[1]}") from exc
-                except pymysql.err.Error as exc:
-                    raise self._load_error(exc, where, feeder) from exc
-                finally:
-                    # Without a reader left, a feeder stuck on a full pipe gets EPIPE and ends.
-                    os.close(read_fd)
-                    if feeder.ident is not None:
-                        feeder.join(FEEDER_JOIN_TIMEOUT)
-                if feeder.error is not None:
-                    raise feeder.error
-                if feeder.is_alive() or feeder.broken_pipe:
-                    raise IOFailure(f"restoring {where}: the server stopped reading the rows early")
-                _check_warnings(where, warnings)
-                finish()
-                conn.commit()
-        except BaseException:
-            if feeder.ident is None:
-                os.close(write_fd)
-            raise
-        return feeder.written
-
-    def _converted(self, conn: MyConnection, target: str, table: TableRef) -> list[str]:
-        if self.flavor().mariadb:
-            return []
-        rows = query(
-            conn,
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
-            "AND DATA_TYPE = 'json'",
-            (target, table.name),
-        )
-        return [text(row[0]) for row in rows]
-
-    def _load_error(self, exc: pymysql.err.Error, where: str, feeder: _Feeder) -> DbBackupError:
-        if error_code(exc) in (1153, 1301):
-            return DataError(
-                f"restoring {where}: a row of about {feeder.lines.longest} bytes is larger than the "
-                f"server's max_allowed_packet ({error_text(exc)})",
-                hint=f"raise it on the server to at least {feeder.lines.longest + 1024}: "
-                "SET GLOBAL max_allowed_packet = ... (and in its configuration file), then restore again",
-            )
-        return describe_error(exc, f"restoring {where}", self.endpoint)
-
-
-def _check_warnings(where: str, warnings: list[tuple[Any, ...]]) -> None:
-    """Any warning means a value was changed on the way in; nothing is committed then."""
-    serious = [row for row in warnings if text(row[0]) in ("Warning", "Error")]
-    if serious:
-        details = "; ".join(f"({text(row[1])}) {text(row[2])}" for row in serious[:3])
-        raise DataError(
-            f"restoring {where}: the server changed rows while loading them: {details}",
-            hint="the target's definition differs from the backup's or the set is damaged; "
-            "nothing of this table was committed",
-        )
+        with closing(conn):
+            try:
+                if self._row_limit is None:
+                    self._row_limit = load.row_size_limit(conn, self.flavor())
+                converted = load.json_columns(conn, target, table.name) if not self.flavor().mariadb else []
+            except pymysql.err.Error as exc:
+                raise describe_error(exc, f"restoring {where}", self.endpoint) from exc
+            loader = load.TableLoad(conn, self.endpoint, where, table, converted, self._row_limit)
+            return loader.run(source, finish)

@@ -176,23 +176,69 @@ def load_statement(path: str, table: str, columns: Sequence[str], converted: Seq
     return statement
 
 
-class LineTracker:
-    """The longest line of a stream, found without looking at every byte in Python.
+class RowTooLarge(Exception):
+    """A row in a stream is larger than the limit it was fed under."""
 
-    Exact for lines that cross a chunk boundary; lines wholly inside one chunk
-    are shorter than the chunk (a few MiB at most), far below any
-    max_allowed_packet a large row could trip.
+    def __init__(self, size: int, limit: int, *, complete: bool) -> None:
+        super().__init__(
+            f"a row of {'' if complete else 'more than '}about {size} bytes exceeds {limit} bytes"
+        )
+        self.size = size
+        self.limit = limit
+        self.complete = complete
+
+
+class RowSizeGuard:
+    """Refuses a stream the moment one of its rows grows past ``limit`` bytes (0: no limit).
+
+    A row's size is taken from its line, counting every backslash as half a
+    byte: an escape sequence is two bytes for one, an escaped backslash two
+    backslashes for one, so the estimate is never below the true size and
+    never above the line's length. Only lines that cross a chunk boundary can
+    be longer than a chunk, so for limits of a chunk or more the rest of a
+    chunk is never looked at in Python.
     """
 
-    def __init__(self) -> None:
-        self.current = 0
-        self.longest = 0
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.largest = 0
+        self._length = 0  # of the line not finished yet
+        self._backslashes = 0
 
     def feed(self, chunk: bytes) -> None:
         first = chunk.find(NEWLINE)
         if first < 0:
-            self.current += len(chunk)
-        else:
-            self.longest = max(self.longest, self.current + first)
-            self.current = len(chunk) - chunk.rfind(NEWLINE) - 1
-        self.longest = max(self.longest, self.current)
+            self._grow(chunk)
+            return
+        self._check(self._length + first - (self._backslashes + chunk.count(b"\\", 0, first)) // 2, True)
+        last = chunk.rfind(NEWLINE)
+        if self.limit and self.limit < len(chunk):
+            start = first + 1
+            while start <= last:
+                end = chunk.find(NEWLINE, start)
+                self._check(end - start - chunk.count(b"\\", start, end) // 2, True)
+                start = end + 1
+        self._length = self._backslashes = 0
+        self._grow(chunk[last + 1 :])
+
+    def rest_of_line(self, chunk: bytes) -> int | None:
+        """Measure the unfinished line on; its size once this chunk ends it, else None."""
+        end = chunk.find(NEWLINE)
+        part = chunk if end < 0 else chunk[:end]
+        self._length += len(part)
+        self._backslashes += part.count(b"\\")
+        return None if end < 0 else self._length - self._backslashes // 2
+
+    @property
+    def unfinished(self) -> int:
+        return self._length - self._backslashes // 2
+
+    def _grow(self, part: bytes) -> None:
+        self._length += len(part)
+        self._backslashes += part.count(b"\\")
+        self._check(self.unfinished, False)
+
+    def _check(self, size: int, complete: bool) -> None:
+        self.largest = max(self.largest, size)
+        if self.limit and size > self.limit:
+            raise RowTooLarge(size, self.limit, complete=complete)
