@@ -35,6 +35,7 @@ def settings(**overrides: object) -> SimpleNamespace:
         "sslmode": "prefer",
         "connect_timeout": 10.0,
         "idle_timeout": 600.0,
+        "stall_timeout": 600.0,
         "lock_timeout": 60.0,
         "statement_timeout": 0.0,
     }
@@ -59,9 +60,9 @@ def test_a_hostname_means_tcp_on_the_default_port() -> None:
     assert endpoint.password == "pw"
 
 
-def test_silence_allowed_follows_idle_timeout_and_is_never_unbounded() -> None:
-    assert endpoint_from_settings(settings(idle_timeout=30.0), password=None, home=None).io_timeout == 30.0
-    assert endpoint_from_settings(settings(idle_timeout=0.0), password=None, home=None).io_timeout == 3600.0
+def test_silence_allowed_is_the_stall_timeout() -> None:
+    assert endpoint_from_settings(settings(stall_timeout=30.0), password=None, home=None).io_timeout == 30.0
+    assert endpoint_from_settings(settings(stall_timeout=0.0), password=None, home=None).io_timeout == 0.0
 
 
 def test_my_cnf_is_used_only_when_it_exists(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbbackup.engines.mysql import tsv
-from dbbackup.engines.mysql.tsv import Column, LineTracker
+from dbbackup.engines.mysql.tsv import Column, RowSizeGuard, RowTooLarge
 
 
 @given(st.binary(max_size=300))
@@ -81,13 +81,46 @@ def test_load_statement_takes_only_a_pipe_path(path: str) -> None:
         tsv.load_statement(path, "t", ["id"])
 
 
-@given(st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=30), st.integers(1, 17))
-def test_line_tracker_measures_lines_longer_than_a_chunk_exactly(lengths: list[int], chunk: int) -> None:
-    stream = b"".join(b"x" * n + b"\n" for n in lengths)
-    tracker = LineTracker()
+ROW = st.binary(max_size=60).map(tsv.escape)
+
+
+@given(st.lists(ROW, min_size=1, max_size=30), st.integers(1, 17))
+def test_row_size_estimates_never_fall_below_the_true_size(lines: list[bytes], chunk: int) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    guard = RowSizeGuard()
     for start in range(0, len(stream), chunk):
-        tracker.feed(stream[start : start + chunk])
-    longest = max(lengths)
-    if longest >= chunk:
-        assert tracker.longest == longest
-    assert tracker.longest <= longest
+        guard.feed(stream[start : start + chunk])
+    true_largest = max(len(tsv.unescape(line) or b"") for line in lines)
+    longest_line = max(len(line) for line in lines)
+    assert guard.largest <= longest_line
+    if longest_line >= chunk:
+        # Lines crossing a chunk boundary are always measured.
+        crossing = [line for line in lines if len(line) >= chunk]
+        assert guard.largest >= max(len(tsv.unescape(line) or b"") for line in crossing)
+    assert true_largest <= longest_line
+
+
+@given(st.lists(ROW, min_size=1, max_size=30), st.integers(1, 64), st.integers(1, 40))
+def test_a_row_over_the_limit_stops_the_stream(lines: list[bytes], chunk: int, limit: int) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    guard = RowSizeGuard(limit)
+    too_large = any(len(tsv.unescape(line) or b"") > limit for line in lines)
+    try:
+        for start in range(0, len(stream), chunk):
+            guard.feed(stream[start : start + chunk])
+    except RowTooLarge as exc:
+        assert exc.size > limit
+        # The estimate may run up to half the backslashes high, never low.
+        assert any(len(line) > limit for line in lines)
+        return
+    assert not too_large
+
+
+def test_the_refused_row_is_measured_to_its_end() -> None:
+    guard = RowSizeGuard(10)
+    guard.feed(b"1\tshort\n2\t")
+    with pytest.raises(RowTooLarge) as refused:
+        guard.feed(b"x" * 20)
+    assert not refused.value.complete and refused.value.size == 22
+    assert guard.rest_of_line(b"y" * 30) is None
+    assert guard.rest_of_line(b"\\\\zz\nnext\n") == 22 + 30 + 3
