@@ -305,10 +305,11 @@ STABLE_OUTPUT_SETTINGS = (
 )
 
 
-def copy_statement(table: TableRef) -> sql.Composed:
+def copy_statement(table: TableRef, direction: str = "TO STDOUT") -> sql.Composed:
+    """``COPY table (columns) TO STDOUT`` (or ``FROM STDIN``), columns in dump order."""
     if not table.columns:
-        return sql.SQL("COPY {} TO STDOUT").format(qualified(table.schema, table.name))
-    return sql.SQL("COPY {} ({}) TO STDOUT").format(
+        return sql.SQL("COPY {} " + direction).format(qualified(table.schema, table.name))
+    return sql.SQL("COPY {} ({}) " + direction).format(
         qualified(table.schema, table.name),
         sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
     )

@@ -66,11 +66,11 @@ SELECT
 """
 
 
-def keep_password_of(script: bytes, role: str) -> bytes:
-    """Drop the PASSWORD clause from pg_dumpall's ``ALTER ROLE`` line for ``role``."""
+def keep_password_of(script: bytes, role: str, quoted: str) -> bytes:
+    """Drop the PASSWORD clause from pg_dumpall's ``ALTER ROLE`` line for ``role``
+    (``quoted`` is its name as an SQL identifier, as pg_dumpall writes it)."""
     if not role:
         return script
-    quoted = sql.Identifier(role).as_string(None)
     heads = {f"ALTER ROLE {quoted} WITH ".encode(), f"ALTER ROLE {role} WITH ".encode()}
     lines = script.split(b"\n")
     for index, line in enumerate(lines):
@@ -241,8 +241,9 @@ class PgRestore:
         server's one would lock this very restore (and its admin) out.
         """
         with self._admin_avoiding("") as conn:
-            row = conn.execute("SELECT current_user").fetchone()
-        script = keep_password_of(script, str(row[0]) if row else "")
+            row = conn.execute("SELECT current_user, pg_catalog.quote_ident(current_user)").fetchone()
+        if row:
+            script = keep_password_of(script, str(row[0]), str(row[1]))
         argv = [
             str(self.bindir / "psql"),
             "--no-psqlrc",
@@ -357,7 +358,7 @@ class PgRestore:
         In-process, on a session the loading thread reuses: 1 MiB COPY messages
         are as fast as psql, without a process and a login per table.
         """
-        statement = sql.SQL(copy_statement(table).as_string(None).replace(" TO STDOUT", " FROM STDIN"))
+        statement = copy_statement(table, "FROM STDIN")
         written = 0
         conn = self._session(target)
         guard = StallGuard(
