@@ -86,6 +86,11 @@ class BackupSettings:
     timezone: str = setting("local", TimeZone(), "Zone of the timestamps in backup set names.")
     jobs: int = setting(2, Integer(1), "Dumps run in parallel.")
     timeout: float = setting("24h", Duration(), "Deadline for one backup run.")
+    non_transactional: str = setting(
+        "warn",
+        Text(("warn", "lock")),
+        "MySQL: tables without transactions (MyISAM, Aria): warn, or hold the read lock while dumped.",
+    )
     lock_wait: float = setting(
         "10min", Duration(), "How long a backup waits for another backup of the instance; then exit 75."
     )

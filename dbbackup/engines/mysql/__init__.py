@@ -201,5 +201,5 @@ def engine_from_settings(settings: Any, *, password: str | None, timeout: float)
         endpoint,
         timeout=timeout,
         jobs=int(settings.backup.jobs),
-        non_transactional=str(getattr(settings.backup, "non_transactional", "warn")),
+        non_transactional=settings.backup.non_transactional,
     )
