@@ -138,16 +138,23 @@ def test_resume_skips_finished_databases_and_redoes_the_rest(
         assert pg_fingerprint(pg_server, name) == expected[name]
 
 
+def backed_up_wide_table(
+    make_cli: MakeCli, server: PostgresServer, dbname: str, *, rows: int, width: int
+) -> tuple[Cli, str]:
+    """One table ``wide`` of ``rows`` rows of ``width`` x 32 characters, and a set holding it."""
+    server.execute(
+        f"CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), {int(width)}) AS payload "
+        f"FROM generate_series(1, {int(rows)}) g; ALTER TABLE wide ADD PRIMARY KEY (id);",
+        dbname=dbname,
+    )
+    cli = make_cli(server)
+    return cli, str(cli.backup("--database", dbname)["id"])
+
+
 def test_resume_redoes_a_database_an_earlier_run_left_half_done(
     make_cli: MakeCli, pg_server: PostgresServer, pg_database: str, scratch_names, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    pg_server.execute(
-        "CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 4) AS payload "
-        "FROM generate_series(1, 50000) g; ALTER TABLE wide ADD PRIMARY KEY (id);",
-        dbname=pg_database,
-    )
-    cli = make_cli(pg_server, env={"STATE_DIRECTORY": str(tmp_path / "state")})
-    set_id = str(cli.backup("--database", pg_database)["id"])
+    cli, set_id = backed_up_wide_table(make_cli, pg_server, pg_database, rows=50_000, width=4)
     data_object = max(cli.set_dir(set_id).glob("*/data/*.copy.zst"), key=lambda p: p.stat().st_size)
     original = data_object.read_bytes()
     damaged = bytearray(original)
@@ -173,13 +180,7 @@ def test_resume_redoes_a_database_an_earlier_run_left_half_done(
 def test_sigterm_stops_a_restore_promptly_and_it_is_not_marked_done(
     make_cli: MakeCli, pg_server: PostgresServer, pg_database: str, scratch_names, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    pg_server.execute(
-        "CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 8) AS payload "
-        "FROM generate_series(1, 800000) g;",
-        dbname=pg_database,
-    )
-    cli = make_cli(pg_server, env={"STATE_DIRECTORY": str(tmp_path / "state")})
-    set_id = str(cli.backup("--database", pg_database)["id"])
+    cli, set_id = backed_up_wide_table(make_cli, pg_server, pg_database, rows=800_000, width=8)
     target = scratch_names("stopped")
     proc = cli.popen("restore", set_id, "-d", pg_database, "--target-db", target, "--jobs", "1")
     deadline = time.monotonic() + 60
