@@ -34,12 +34,6 @@ def cluster(pg_server: PostgresServer) -> Iterator[list[str]]:
         pg_server.drop_database(name)
 
 
-@pytest.fixture
-def state_env(tmp_path: Path) -> dict[str, str]:
-    """Restore progress in the test's own directory, not the host's /var/lib/dbbackup."""
-    return {"STATE_DIRECTORY": str(tmp_path / "state")}
-
-
 def backup_of(cli: Cli, names: list[str]) -> str:
     args = [arg for name in names for arg in ("--database", name)]
     return str(cli.backup(*args)["id"])
@@ -53,9 +47,9 @@ def sabotage(server: PostgresServer, name: str) -> None:
 
 
 def test_continue_on_error_restores_the_rest_and_reports_each(
-    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str], state_env: dict[str, str]
+    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str]
 ) -> None:
-    cli = make_cli(pg_server, env=state_env)
+    cli = make_cli(pg_server)
     set_id = backup_of(cli, cluster)
     expected = {name: pg_fingerprint(pg_server, name) for name in cluster}
     first, middle, last = cluster
@@ -76,9 +70,9 @@ def test_continue_on_error_restores_the_rest_and_reports_each(
 
 
 def test_without_continue_on_error_the_rest_is_skipped(
-    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str], state_env: dict[str, str]
+    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str]
 ) -> None:
-    cli = make_cli(pg_server, env=state_env)
+    cli = make_cli(pg_server)
     set_id = backup_of(cli, cluster)
     first, middle, last = cluster
     sabotage(pg_server, first)
@@ -90,9 +84,9 @@ def test_without_continue_on_error_the_rest_is_skipped(
 
 
 def test_subset_restores_only_the_named_databases(
-    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str], state_env: dict[str, str]
+    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str]
 ) -> None:
-    cli = make_cli(pg_server, env=state_env)
+    cli = make_cli(pg_server)
     set_id = backup_of(cli, cluster)
     first, middle, last = cluster
     for name in cluster:
@@ -104,9 +98,9 @@ def test_subset_restores_only_the_named_databases(
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(
-    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str], state_env: dict[str, str]
+    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str]
 ) -> None:
-    cli = make_cli(pg_server, env=state_env)
+    cli = make_cli(pg_server)
     set_id = backup_of(cli, cluster)
     for name in cluster:
         pg_server.drop_database(name)
@@ -118,9 +112,9 @@ def test_dry_run_prints_the_plan_and_touches_nothing(
 
 
 def test_resume_skips_finished_databases_and_redoes_the_rest(
-    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str], state_env: dict[str, str]
+    make_cli: MakeCli, pg_server: PostgresServer, cluster: list[str]
 ) -> None:
-    cli = make_cli(pg_server, env=state_env)
+    cli = make_cli(pg_server)
     set_id = backup_of(cli, cluster)
     expected = {name: pg_fingerprint(pg_server, name) for name in cluster}
     first, middle, last = cluster
@@ -152,7 +146,7 @@ def backed_up_wide_table(
 
 
 def test_resume_redoes_a_database_an_earlier_run_left_half_done(
-    make_cli: MakeCli, pg_server: PostgresServer, pg_database: str, scratch_names, tmp_path: Path
+    make_cli: MakeCli, pg_server: PostgresServer, pg_database: str, scratch_names
 ) -> None:  # type: ignore[no-untyped-def]
     cli, set_id = backed_up_wide_table(make_cli, pg_server, pg_database, rows=50_000, width=4)
     data_object = max(cli.set_dir(set_id).glob("*/data/*.copy.zst"), key=lambda p: p.stat().st_size)
@@ -202,13 +196,13 @@ def test_sigterm_stops_a_restore_promptly_and_it_is_not_marked_done(
     assert pg_fingerprint(pg_server, target) == pg_fingerprint(pg_server, pg_database)
 
 
-def test_cluster_restore_keeps_the_connecting_roles_password(make_cli: MakeCli, tmp_path: Path) -> None:
+def test_cluster_restore_keeps_the_connecting_roles_password(make_cli: MakeCli) -> None:
     """A new server's superuser password must survive restoring the old server's roles."""
     server = PostgresServer()
     server.start()
     try:
         server.execute("CREATE ROLE app_login LOGIN PASSWORD 'app-secret-1'")
-        cli = make_cli(server, env={"STATE_DIRECTORY": str(tmp_path / "state")})
+        cli = make_cli(server)
         set_id = str(cli.backup("--all")["id"])
         # As on a rebuilt host: same roles to come, but the admin has a new password.
         new_password = "rebuilt-host-" + secrets.token_hex(8)
