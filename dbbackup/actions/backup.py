@@ -139,6 +139,7 @@ class BackupRun:
                 extra={"event": "backup_started"},
             )
             try:
+                engine.begin_backup(databases)
                 if cluster:
                     self.progress.set_phase("roles and tablespaces")
                     manifest.globals.append(self._store_globals(engine, set_id))

@@ -64,6 +64,9 @@ class Engine(Protocol):
 
     def list_databases(self) -> list[str]: ...
 
+    def begin_backup(self, databases: list[str]) -> None:
+        """Called once before the databases are dumped (one shared snapshot where possible)."""
+
     def dump_globals(self, sink: Sink) -> None: ...
 
     def snapshot(self, database: str) -> AbstractContextManager[DatabaseDump]: ...

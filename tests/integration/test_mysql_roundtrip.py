@@ -278,6 +278,49 @@ def test_snapshot_is_one_moment_for_every_worker(
     assert int(sums[0][0]) == total
 
 
+def test_several_databases_come_from_one_snapshot(
+    cli: Cli, mariadb_server: MariaDBServer, mariadb_database: str, scratch: Callable[[str], str]
+) -> None:
+    """Transfers between two databases run during their backup; together the copies balance."""
+    first, second = mariadb_database, scratch("second_source")
+    mariadb_server.create_database(second)
+    for db in (first, second):
+        mariadb_server.execute("CREATE TABLE account (id INT PRIMARY KEY, amount INT NOT NULL)", db)
+        mariadb_server.execute("INSERT INTO account SELECT seq, 1000 FROM seq_1_to_20000", db)
+    total = 2 * 20000 * 1000
+    stop = threading.Event()
+    moved: list[int] = []
+
+    def transfer() -> None:
+        with mariadb_server.connect(first) as conn, conn.cursor() as cur:
+            cur.execute("SET autocommit = 0")
+            while not stop.is_set():
+                row = secrets.randbelow(20000) + 1
+                cur.execute(f"UPDATE `{first}`.account SET amount = amount - 7 WHERE id = %s", (row,))
+                cur.execute(f"UPDATE `{second}`.account SET amount = amount + 7 WHERE id = %s", (row,))
+                cur.execute("COMMIT")
+                moved.append(row)
+
+    writer = threading.Thread(target=transfer, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        summary = cli.backup("--database", first, "--database", second, "--jobs", "2")
+    finally:
+        stop.set()
+        writer.join(30)
+    assert moved, "no transfer happened during the backup"
+    points = [db["properties"]["consistency"] for db in manifest_of(cli, summary["id"])["databases"]]
+    assert [p["scope"] for p in points] == ["server", "server"]
+    assert points[0]["binlog_position"] == points[1]["binlog_position"]
+    assert points[0]["gtid"] == points[1]["gtid"]
+    copies = [scratch("first_copy"), scratch("second_copy")]
+    for source, target in zip((first, second), copies, strict=True):
+        cli.ok("restore", summary["id"], "--database", source, "--target-db", target)
+    sums = [int(mariadb_server.query("SELECT SUM(amount) FROM account", t)[0][0]) for t in copies]
+    assert sum(sums) == total
+
+
 def test_whole_server_with_users_roles_and_grants(make_cli: MakeCli, tmp_path: Path) -> None:
     """``--all`` on a server of its own: databases, users and grants come back after being dropped."""
     with MariaDBServer() as server:

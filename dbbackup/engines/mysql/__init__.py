@@ -69,7 +69,7 @@ from dbbackup.engines.mysql.connection import (
     server_flavor,
     text,
 )
-from dbbackup.engines.mysql.dump import NON_TRANSACTIONAL_MODES, MyDump
+from dbbackup.engines.mysql.dump import NON_TRANSACTIONAL_MODES, MyDump, ServerSnapshot
 from dbbackup.engines.mysql.restore import MyRestore
 from dbbackup.errors import ConfigError, ServiceUnavailableError
 
@@ -95,6 +95,7 @@ class MySQLEngine:
         self._deadline_at = time.monotonic() + timeout if timeout > 0 else None
         self._flavor: Flavor | None = None
         self._restorer = MyRestore(endpoint, self.flavor)
+        self._server_snapshot: ServerSnapshot | None = None
 
     def flavor(self) -> Flavor:
         if self._flavor is None:
@@ -152,6 +153,21 @@ class MySQLEngine:
         limit = min(self.endpoint.statement_timeout or left, left)
         return dataclasses.replace(self.endpoint, statement_timeout=limit)
 
+    def begin_backup(self, databases: list[str]) -> None:
+        """Several databases: take one snapshot for all of them, as mysqldump
+        --all-databases --single-transaction does, released by :meth:`close`."""
+        if len(databases) < 2:
+            return
+        snapshot = ServerSnapshot(
+            self._dump_endpoint(),
+            self.flavor(),
+            databases,
+            jobs=self.jobs,
+            non_transactional=self.non_transactional,
+        )
+        snapshot.open()
+        self._server_snapshot = snapshot
+
     @contextlib.contextmanager
     def snapshot(self, database: str) -> Iterator[DatabaseDump]:
         dump = MyDump(
@@ -160,6 +176,7 @@ class MySQLEngine:
             database,
             jobs=self.jobs,
             non_transactional=self.non_transactional,
+            shared=self._server_snapshot,
         )
         with dump.open() as result:
             yield result
@@ -183,7 +200,10 @@ class MySQLEngine:
         self._restorer.restore_sql(target, script)
 
     def close(self) -> None:
-        """Connections are per task; only grants still waiting for their objects are reported."""
+        """End a server-wide snapshot; report grants still waiting for their objects."""
+        if self._server_snapshot is not None:
+            self._server_snapshot.close()
+            self._server_snapshot = None
         self._restorer.report_unapplied_grants()
 
 

@@ -107,8 +107,104 @@ class _ReadLock:
             execute(self._control, "UNLOCK TABLES")
 
 
+class ServerSnapshot:
+    """One consistent moment for several databases (``backup --all``).
+
+    One brief global read lock starts the control and worker transactions for
+    the whole server, takes metadata locks on every table of every database and
+    reads one binlog position; each database's dump then borrows these sessions,
+    so all databases of the set come from the same point in the binlog.
+    """
+
+    def __init__(
+        self,
+        endpoint: MyEndpoint,
+        flavor: Flavor,
+        databases: Sequence[str],
+        *,
+        jobs: int,
+        non_transactional: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.flavor = flavor
+        self.databases = list(databases)
+        self.jobs = max(1, jobs)
+        self.non_transactional = non_transactional
+        self.objects: dict[str, list[TableInfo]] = {}
+        self.consistency: dict[str, Any] = {}
+        self.control: MyConnection | None = None
+        self.workers: list[MyConnection] = []
+        self.lock: _ReadLock | None = None
+        self.holding = False
+        self._stack = contextlib.ExitStack()
+
+    def open(self) -> None:
+        context = "taking the server-wide snapshot"
+        try:
+            self.control = self._stack.enter_context(closing(self._connect(context)))
+            self.workers = [
+                self._stack.enter_context(closing(self._connect(context))) for _ in range(self.jobs)
+            ]
+            take_read_lock(self.control, context)
+            self.lock = _ReadLock(self.control, 0)
+            try:
+                for conn in [*self.workers, self.control]:
+                    execute(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                self.consistency = {
+                    "method": "flush-tables-with-read-lock",
+                    "scope": "server",
+                    **binlog_position(self.control, self.flavor),
+                }
+                for database in self.databases:
+                    self.objects[database] = schema.list_objects(self.control, database)
+                    schema.lock_definitions(self.control, database, self.objects[database])
+            except BaseException:
+                with contextlib.suppress(pymysql.err.Error):
+                    self.lock.release()
+                raise
+        except pymysql.err.Error as exc:
+            self.close()
+            raise describe_error(exc, context, self.endpoint) from exc
+        except BaseException:
+            self.close()
+            raise
+        loose = sum(
+            1 for tables in self.objects.values() for t in tables if t.has_data and not t.transactional
+        )
+        self.holding = self.non_transactional == "lock" and loose > 0
+        if self.holding:
+            self.lock.pending = loose
+        else:
+            self.lock.release()
+
+    def _connect(self, context: str) -> MyConnection:
+        conn = connect(self.endpoint, context=context)
+        try:
+            _snapshot_session(conn, self.endpoint, self.flavor)
+        except pymysql.err.Error as exc:
+            conn.close()
+            raise describe_error(exc, context, self.endpoint) from exc
+        return conn
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def take_read_lock(control: MyConnection, context: str) -> None:
+    try:
+        execute(control, "FLUSH TABLES WITH READ LOCK")
+    except pymysql.err.OperationalError as exc:
+        if exc.args and exc.args[0] in (1227, 1142, 1044):
+            raise PermissionDeniedError(
+                f"{context}: FLUSH TABLES WITH READ LOCK was refused: {exc.args[1]}",
+                hint="a consistent parallel dump needs the RELOAD privilege: "
+                "GRANT RELOAD ON *.* TO the backup account",
+            ) from exc
+        raise
+
+
 class MyDump:
-    """The tasks of one database's dump, all reading one snapshot."""
+    """The tasks of one database's dump, all reading one snapshot (its own, or the server's)."""
 
     def __init__(
         self,
@@ -118,12 +214,14 @@ class MyDump:
         *,
         jobs: int,
         non_transactional: str,
+        shared: ServerSnapshot | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.flavor = flavor
         self.database = database
         self.jobs = max(1, jobs)
         self.non_transactional = non_transactional
+        self.shared = shared
         self._pool: queue.Queue[MyConnection | None] = queue.Queue()
 
     def _connect(self) -> MyConnection:
@@ -137,6 +235,9 @@ class MyDump:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[DatabaseDump]:
+        if self.shared is not None:
+            yield self._borrow(self.shared)
+            return
         with contextlib.ExitStack() as stack:
             control = stack.enter_context(closing(self._connect()))
             workers = [stack.enter_context(closing(self._connect())) for _ in range(self.jobs)]
@@ -148,19 +249,26 @@ class MyDump:
                 self._pool.put(worker)
             yield dump
 
+    def _borrow(self, shared: ServerSnapshot) -> DatabaseDump:
+        """This database's tasks on the server-wide snapshot's sessions."""
+        assert shared.control is not None and shared.lock is not None
+        for worker in shared.workers:
+            self._pool.put(worker)
+        try:
+            return self._tasks(
+                shared.control,
+                dict(shared.consistency),
+                shared.objects[self.database],
+                shared.lock,
+                holding=shared.holding,
+            )
+        except pymysql.err.Error as exc:
+            raise describe_error(exc, f"dumping {self.database}", self.endpoint) from exc
+
     def _take_snapshot(
         self, control: MyConnection, workers: Sequence[MyConnection]
     ) -> tuple[dict[str, Any], list[TableInfo], _ReadLock]:
-        try:
-            execute(control, "FLUSH TABLES WITH READ LOCK")
-        except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] in (1227, 1142, 1044):
-                raise PermissionDeniedError(
-                    f"dumping {self.database}: FLUSH TABLES WITH READ LOCK was refused: {exc.args[1]}",
-                    hint="a consistent parallel dump needs the RELOAD privilege: "
-                    "GRANT RELOAD ON *.* TO the backup account",
-                ) from exc
-            raise
+        take_read_lock(control, f"dumping {self.database}")
         objects = []
         lock = _ReadLock(control, 0)
         try:
@@ -179,8 +287,22 @@ class MyDump:
         consistency, objects, lock = self._take_snapshot(control, workers)
         loose = [t for t in objects if t.has_data and not t.transactional]
         holding = self.non_transactional == "lock" and bool(loose)
-        if not holding:
+        if holding:
+            lock.pending = len(loose)
+        else:
             lock.release()
+        return self._tasks(control, consistency, objects, lock, holding=holding)
+
+    def _tasks(
+        self,
+        control: MyConnection,
+        consistency: dict[str, Any],
+        objects: list[TableInfo],
+        lock: _ReadLock,
+        *,
+        holding: bool,
+    ) -> DatabaseDump:
+        loose = [t for t in objects if t.has_data and not t.transactional]
         consistency["non_transactional"] = {
             "mode": self.non_transactional,
             "tables": [f"{t.name} ({t.engine})" for t in loose],
@@ -207,8 +329,6 @@ class MyDump:
             consistency=consistency,
         )
         dump.first.append(DumpTask("pre-data.sql", "pre-data", _constant(pre), size_hint=len(pre)))
-        if holding:
-            lock.pending = len(loose)
         for index, info in enumerate((t for t in objects if t.has_data), start=1):
             table = TableRef(
                 schema=self.database,

@@ -137,6 +137,10 @@ class PostgresEngine:
             ).fetchall()
         return [str(r[0]) for r in rows]
 
+    def begin_backup(self, databases: list[str]) -> None:
+        """Nothing to share: a PostgreSQL snapshot cannot span databases, so each
+        database gets its own (as with pg_dumpall)."""
+
     def dump_globals(self, sink: Sink) -> None:
         argv = [
             str(self.bindir / "pg_dumpall"),
