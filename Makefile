@@ -43,6 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pg_restore_parallel.py
+	$(PY) bench/mysql_vs_mydumper.py
 	$(PY) bench/metrics_1000_sets.py
 
 clean:
