@@ -7,8 +7,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pymysql
 
@@ -16,6 +15,7 @@ from .net import LOOPBACK, free_port, wait_until
 from .process import (
     Account,
     HarnessError,
+    ManagedServer,
     log_tail,
     make_owned_dir,
     make_private_dir,
@@ -43,12 +43,14 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class MariaDBServer:
+class MariaDBServer(ManagedServer):
     """One MariaDB server: ``root`` with a random password, binlog on.
 
     Reachable over TCP on 127.0.0.1 and on the unix socket ``socket``; both
     require the password. ``stop()`` removes every file the server had.
     """
+
+    label = "MariaDB server"
 
     host = LOOPBACK
     user = "root"
@@ -64,11 +66,6 @@ class MariaDBServer:
         self._password_set = False
 
     # -- layout ---------------------------------------------------------------
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise HarnessError("MariaDB server was not started")
-        return self.base_dir
 
     @property
     def data_dir(self) -> Path:
@@ -246,18 +243,6 @@ class MariaDBServer:
             if self.base_dir is not None:
                 remove_private_dir(self.base_dir)
                 self.base_dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- connection details -----------------------------------------------------
 

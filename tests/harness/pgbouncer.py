@@ -5,8 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -16,6 +15,7 @@ from .postgres import CONNECT_TIMEOUT, PostgresServer
 from .process import (
     Account,
     HarnessError,
+    ManagedServer,
     log_tail,
     make_private_dir,
     remove_private_dir,
@@ -58,12 +58,14 @@ pidfile = {base / "pgbouncer.pid"}
 """
 
 
-class PgBouncer:
+class PgBouncer(ManagedServer):
     """PgBouncer on a free 127.0.0.1 port, pooling connections to ``server``.
 
     Clients log in as the server's superuser with its password; the auth file
     holds the server's SCRAM verifier, so PgBouncer never sees the plain text.
     """
+
+    label = "PgBouncer"
 
     host = LOOPBACK
 
@@ -82,11 +84,6 @@ class PgBouncer:
     @property
     def password(self) -> str:
         return self.server.password
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise HarnessError("PgBouncer was not started")
-        return self.base_dir
 
     @property
     def log_path(self) -> Path:
@@ -139,18 +136,6 @@ class PgBouncer:
             if self.base_dir is not None:
                 remove_private_dir(self.base_dir)
                 self.base_dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def dsn(self, dbname: str = "postgres") -> str:
         """libpq conninfo through the pooler, without the password (see env())."""

@@ -7,8 +7,7 @@ import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -19,6 +18,7 @@ from .net import LOOPBACK, free_port
 from .process import (
     Account,
     HarnessError,
+    ManagedServer,
     kill_tree,
     log_tail,
     make_owned_dir,
@@ -84,12 +84,14 @@ def find_bin_dir() -> Path:
     return require_binary("initdb", PACKAGE).parent
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """One PostgreSQL cluster: superuser ``postgres`` with a random password.
 
     TCP on 127.0.0.1 requires scram-sha-256; the unix socket in ``socket_dir``
     trusts local users. ``stop()`` removes every file the cluster had.
     """
+
+    label = "PostgreSQL server"
 
     host = LOOPBACK
     superuser = "postgres"
@@ -105,11 +107,6 @@ class PostgresServer:
         self._account: Account | None = None
 
     # -- layout ---------------------------------------------------------------
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise HarnessError("PostgreSQL server was not started")
-        return self.base_dir
 
     @property
     def data_dir(self) -> Path:
@@ -285,18 +282,6 @@ class PostgresServer:
         finally:
             remove_private_dir(self.base_dir)
             self.base_dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- connection details -----------------------------------------------------
 

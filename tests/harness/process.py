@@ -21,7 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from types import TracebackType
+from typing import IO, NoReturn, Self
 
 import pytest
 
@@ -322,3 +323,37 @@ def reaper() -> Reaper:
         if _reaper is None:
             _reaper = Reaper()
         return _reaper
+
+
+class ManagedServer:
+    """A throwaway server: ``start()``/``stop()``, usable as ``with server:``.
+
+    ``base_dir`` holds all its files while it runs; ``_base()`` is that
+    directory, or an error naming the server when it was never started.
+    """
+
+    label = "server"
+    base_dir: Path | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _base(self) -> Path:
+        if self.base_dir is None:
+            raise HarnessError(f"{self.label} was not started")
+        return self.base_dir
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 from collections.abc import Callable
@@ -12,35 +11,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from harness import PostgresServer
+from harness.files import private_tree_problems
 
 if TYPE_CHECKING:
     from conftest import Cli, MakeCli
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _problems(tree: Path) -> list[str]:
-    """Everything below ``tree`` that is not a private file or directory of ours."""
-    euid = os.geteuid()
-    found = []
-    for root, dirs, files in os.walk(tree, followlinks=False):
-        for name in dirs + files:
-            path = Path(root, name)
-            st = path.lstat()
-            mode = stat.S_IMODE(st.st_mode)
-            if name.startswith(".tmp-"):
-                found.append(f"{path}: temporary file left behind")
-            if st.st_uid != euid:
-                found.append(f"{path}: owned by uid {st.st_uid}")
-            if stat.S_ISDIR(st.st_mode):
-                if mode != 0o700:
-                    found.append(f"{path}: directory mode {mode:04o}")
-            elif stat.S_ISREG(st.st_mode):
-                if mode != 0o600:
-                    found.append(f"{path}: file mode {mode:04o}")
-            else:
-                found.append(f"{path}: neither a file nor a directory")
-    return found
 
 
 def _exercise(cli: Cli, database: str, target: str, *, umask: int = -1) -> str:
@@ -75,9 +51,9 @@ def test_every_file_is_private_and_ours(
     set_id = _exercise(cli, tiny_db, scratch_names("private"), umask=umask)
     assert (cli.set_dir(set_id) / "manifest.json").is_file()
     assert (cli.repo / "catalog.sqlite").is_file()
-    assert _problems(cli.repo) == []
+    assert private_tree_problems(cli.repo) == []
     runtime = tmp_path / "runtime"
-    assert _problems(runtime) == []
+    assert private_tree_problems(runtime) == []
     assert list(runtime.rglob("*pgpass*")) == [], "a passfile outlived its run"
 
 

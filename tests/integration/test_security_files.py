@@ -10,39 +10,18 @@ to is never written.
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from harness import PostgresServer
+from harness.files import private_tree_problems
 
 if TYPE_CHECKING:
     from conftest import Cli, MakeCli
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def audit(tree: Path) -> list[str]:
-    """Everything below ``tree`` that is not a 0600 file or 0700 directory of ours."""
-    euid = os.geteuid()
-    problems = []
-    for root, dirs, files in os.walk(tree, followlinks=False):
-        for name in dirs + files:
-            path = Path(root, name)
-            info = path.lstat()
-            mode = stat.S_IMODE(info.st_mode)
-            if info.st_uid != euid:
-                problems.append(f"{path}: owned by uid {info.st_uid}")
-            if stat.S_ISDIR(info.st_mode) and mode != 0o700:
-                problems.append(f"{path}: directory mode {mode:04o}")
-            elif stat.S_ISREG(info.st_mode) and mode != 0o600:
-                problems.append(f"{path}: file mode {mode:04o}")
-            elif not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
-                problems.append(f"{path}: neither a file nor a directory")
-    return problems
 
 
 @pytest.fixture
@@ -97,7 +76,7 @@ def test_everything_created_is_private_and_ours(
     ]
     for tree in trees:
         assert tree.exists(), tree
-        assert audit(tree) == [], tree
+        assert private_tree_problems(tree) == [], tree
     assert any(p.name == "manifest.json" for p in cli.repo.rglob("*"))
     assert list((tmp_path / "state").rglob("*.json")), "restore kept no state"
 
