@@ -7,6 +7,7 @@ triggers, events and views (``harness.mariadb_fingerprint``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -239,6 +240,37 @@ def test_an_existing_database_needs_clean(
     assert mariadb_fingerprint(mariadb_server, mariadb_database) == before
 
 
+ACCOUNT_ROWS = 20000
+
+
+@contextlib.contextmanager
+def transfers(server: MariaDBServer, db: str, debit: str, credit: str) -> Iterator[list[int]]:
+    """Move 7 from ``debit`` to ``credit`` (same ids), one transaction per move, while the
+    block runs; yields the list of moves made, so a test can tell that any happened."""
+    stop = threading.Event()
+    moved: list[int] = []
+
+    def run() -> None:
+        with server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SET autocommit = 0")
+            while not stop.is_set():
+                row = secrets.randbelow(ACCOUNT_ROWS) + 1
+                cur.execute(f"UPDATE {debit} SET amount = amount - 7 WHERE id = %s", (row,))
+                cur.execute(f"UPDATE {credit} SET amount = amount + 7 WHERE id = %s", (row,))
+                cur.execute("COMMIT")
+                moved.append(row)
+
+    writer = threading.Thread(target=run, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        yield moved
+    finally:
+        stop.set()
+        writer.join(30)
+    assert moved, "no transfer happened during the backup"
+
+
 def test_snapshot_is_one_moment_for_every_worker(
     cli: Cli, mariadb_server: MariaDBServer, mariadb_database: str, scratch: Callable[[str], str]
 ) -> None:
@@ -247,29 +279,9 @@ def test_snapshot_is_one_moment_for_every_worker(
     for table in ("left_side", "right_side"):
         mariadb_server.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, amount INT NOT NULL)", db)
         mariadb_server.execute(f"INSERT INTO {table} SELECT seq, 1000 FROM seq_1_to_20000", db)
-    total = 2 * 20000 * 1000
-    stop = threading.Event()
-    moved: list[int] = []
-
-    def transfer() -> None:
-        with mariadb_server.connect(db) as conn, conn.cursor() as cur:
-            cur.execute("SET autocommit = 0")
-            while not stop.is_set():
-                row = secrets.randbelow(20000) + 1
-                cur.execute("UPDATE left_side SET amount = amount - 7 WHERE id = %s", (row,))
-                cur.execute("UPDATE right_side SET amount = amount + 7 WHERE id = %s", (row,))
-                cur.execute("COMMIT")
-                moved.append(row)
-
-    writer = threading.Thread(target=transfer, daemon=True)
-    writer.start()
-    try:
-        time.sleep(0.3)
+    total = 2 * ACCOUNT_ROWS * 1000
+    with transfers(mariadb_server, db, "left_side", "right_side"):
         summary = cli.backup("--database", db, "--jobs", "4")
-    finally:
-        stop.set()
-        writer.join(30)
-    assert moved, "no transfer happened during the backup"
     target = scratch("balanced")
     cli.ok("restore", summary["id"], "--target-db", target, "--database", db)
     sums = mariadb_server.query(
@@ -287,29 +299,9 @@ def test_several_databases_come_from_one_snapshot(
     for db in (first, second):
         mariadb_server.execute("CREATE TABLE account (id INT PRIMARY KEY, amount INT NOT NULL)", db)
         mariadb_server.execute("INSERT INTO account SELECT seq, 1000 FROM seq_1_to_20000", db)
-    total = 2 * 20000 * 1000
-    stop = threading.Event()
-    moved: list[int] = []
-
-    def transfer() -> None:
-        with mariadb_server.connect(first) as conn, conn.cursor() as cur:
-            cur.execute("SET autocommit = 0")
-            while not stop.is_set():
-                row = secrets.randbelow(20000) + 1
-                cur.execute(f"UPDATE `{first}`.account SET amount = amount - 7 WHERE id = %s", (row,))
-                cur.execute(f"UPDATE `{second}`.account SET amount = amount + 7 WHERE id = %s", (row,))
-                cur.execute("COMMIT")
-                moved.append(row)
-
-    writer = threading.Thread(target=transfer, daemon=True)
-    writer.start()
-    try:
-        time.sleep(0.3)
+    total = 2 * ACCOUNT_ROWS * 1000
+    with transfers(mariadb_server, first, f"`{first}`.account", f"`{second}`.account"):
         summary = cli.backup("--database", first, "--database", second, "--jobs", "2")
-    finally:
-        stop.set()
-        writer.join(30)
-    assert moved, "no transfer happened during the backup"
     points = [db["properties"]["consistency"] for db in manifest_of(cli, summary["id"])["databases"]]
     assert [p["scope"] for p in points] == ["server", "server"]
     assert points[0]["binlog_position"] == points[1]["binlog_position"]
