@@ -24,8 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, NoReturn, Self
 
-import pytest
-
 REQUIRE_ENV = "DBBACKUP_TEST_REQUIRE_SERVERS"
 SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
@@ -41,6 +39,9 @@ def servers_required() -> bool:
 
 def unavailable(reason: str) -> NoReturn:
     """Skip the test for a missing prerequisite, or fail it when servers are required."""
+    # Imported here: `make demo` runs the harness servers without the test extra.
+    import pytest
+
     if servers_required():
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1)", pytrace=False)
     pytest.skip(reason)
